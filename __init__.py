@@ -1,0 +1,16 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Unposed Blender add-on: registration only. The engine runs in a separate process (see jobs/)."""
+
+
+def register() -> None:
+    from . import operators, ui
+
+    ui.register()
+    operators.register()
+
+
+def unregister() -> None:
+    from . import operators, ui
+
+    operators.unregister()
+    ui.unregister()

@@ -1,0 +1,1 @@
+"""The one place where engine results become Blender data and back (cameras, clips, point clouds, splats)."""

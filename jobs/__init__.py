@@ -1,0 +1,1 @@
+"""Running engine commands in a subprocess from Blender: progress, cancel, engine environment."""
