@@ -1,7 +1,9 @@
 """Operators (bpy.ops.unposed.*). Thin: they gather options, run jobs and call bridge/ to change the scene."""
 import bpy
 
-classes: tuple = ()
+from . import engine_ops, io
+
+classes: tuple = (*engine_ops.classes, *io.classes)
 
 
 def register() -> None:

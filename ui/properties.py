@@ -1,0 +1,10 @@
+"""(being written)"""
+classes: tuple = ()
+
+
+def register() -> None:
+    pass
+
+
+def unregister() -> None:
+    pass
