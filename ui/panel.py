@@ -1,2 +1,84 @@
-"""(being written)"""
-classes: tuple = ()
+"""3D View > Sidebar > Unposed: import/export, the running job, and the sections still to come."""
+from __future__ import annotations
+
+import bpy
+
+
+def draw_job(layout: bpy.types.UILayout, state) -> None:
+    """The job's progress bar and Cancel button while it runs, else its last message (`state`: UnposedJobState)."""
+    if state.running:
+        layout.label(text=state.label, icon='SORTTIME')
+        row = layout.row(align=True)
+        row.progress(factor=state.progress, type='BAR', text=state.text or "Starting...")
+        row.operator("unposed.cancel_job", text="", icon='CANCEL')
+        if state.message:
+            layout.label(text=state.message)
+    else:
+        layout.label(text=state.message or "No job running", icon='INFO')
+
+
+class _SidebarPanel:
+    bl_space_type = 'VIEW_3D'
+    bl_region_type = 'UI'
+    bl_category = "Unposed"
+
+
+class UNPOSED_PT_job(_SidebarPanel, bpy.types.Panel):
+    bl_label = "Job"
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        state = context.window_manager.unposed_job
+        return state.running or bool(state.message)
+
+    def draw(self, context: bpy.types.Context) -> None:
+        draw_job(self.layout, context.window_manager.unposed_job)
+
+
+class UNPOSED_PT_import_export(_SidebarPanel, bpy.types.Panel):
+    bl_label = "Import / Export"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        settings = context.scene.unposed
+        col = layout.column()
+        col.prop(settings, "images_dir")
+        op = col.operator("unposed.import_scene", icon='IMPORT')
+        op.images_dir = settings.images_dir
+
+        layout.separator()
+        col = layout.column()
+        col.prop(settings, "export_format")
+        col.prop(settings, "export_selected_only")
+        op = col.operator("unposed.export_scene", icon='EXPORT')
+        op.format = settings.export_format
+        op.selected_only = settings.export_selected_only
+
+
+class _ComingPanel(_SidebarPanel):
+    bl_options = {'DEFAULT_CLOSED'}
+    coming = ""
+
+    def draw(self, context: bpy.types.Context) -> None:
+        col = self.layout.column(align=True)
+        col.label(text="Coming soon:", icon='INFO')
+        col.label(text=self.coming)
+
+
+class UNPOSED_PT_match_camera(_ComingPanel, bpy.types.Panel):
+    bl_label = "Match Camera"
+    coming = "calibrate a camera from one photo"
+
+
+class UNPOSED_PT_reconstruct(_ComingPanel, bpy.types.Panel):
+    bl_label = "Reconstruct"
+    coming = "cameras and points from many photos"
+
+
+class UNPOSED_PT_train_splats(_ComingPanel, bpy.types.Panel):
+    bl_label = "Train Splats"
+    coming = "Gaussian splats from a reconstruction"
+
+
+classes: tuple = (UNPOSED_PT_job, UNPOSED_PT_import_export, UNPOSED_PT_match_camera, UNPOSED_PT_reconstruct,
+                  UNPOSED_PT_train_splats)

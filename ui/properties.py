@@ -1,10 +1,42 @@
-"""(being written)"""
-classes: tuple = ()
+"""Add-on properties: the running job's state (window manager, never saved) and the user's options (scene)."""
+from __future__ import annotations
+
+import bpy
+
+
+class UnposedJobState(bpy.types.PropertyGroup):
+    """What the sidebar shows about the engine job; written by operators/job.py only."""
+
+    running: bpy.props.BoolProperty(name="Running", default=False)
+    label: bpy.props.StringProperty(name="Job", description="Name of the operator running the job")
+    progress: bpy.props.FloatProperty(name="Progress", min=0.0, max=1.0, subtype='FACTOR')
+    text: bpy.props.StringProperty(name="Status", description="Current stage and step")
+    message: bpy.props.StringProperty(name="Message", description="Last message from the job, or how it ended")
+
+
+class UnposedSceneSettings(bpy.types.PropertyGroup):
+    """The user's options, saved with the .blend file."""
+
+    images_dir: bpy.props.StringProperty(
+        name="Photos", subtype='DIR_PATH',
+        description="Folder holding the photos of a COLMAP or nerfstudio scene when they are not beside it")
+    export_format: bpy.props.EnumProperty(
+        name="Format", default='BUNDLE',
+        items=(('BUNDLE', "Unposed Bundle", "scene.json with points.ply"),
+               ('COLMAP', "COLMAP", "COLMAP model (cameras, images, points3D)"),
+               ('NERFSTUDIO', "nerfstudio", "transforms.json with a point cloud")))
+    export_selected_only: bpy.props.BoolProperty(
+        name="Selected Only", default=False, description="Export only the selected cameras")
+
+
+classes: tuple = (UnposedJobState, UnposedSceneSettings)
 
 
 def register() -> None:
-    pass
+    bpy.types.WindowManager.unposed_job = bpy.props.PointerProperty(type=UnposedJobState)
+    bpy.types.Scene.unposed = bpy.props.PointerProperty(type=UnposedSceneSettings)
 
 
 def unregister() -> None:
-    pass
+    del bpy.types.Scene.unposed
+    del bpy.types.WindowManager.unposed_job
