@@ -11,6 +11,8 @@ def register() -> None:
 
 def unregister() -> None:
     from . import operators, ui
+    from .operators import job
 
+    job.cancel_running_job()  # a job left running would outlive the add-on that owns its result
     operators.unregister()
     ui.unregister()

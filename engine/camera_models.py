@@ -95,3 +95,89 @@ def check_params(name: str, params: Sequence[float]) -> None:
             raise CameraModelError(f"{name} parameter {pname} is not finite: {value!r}")
     if float(params[0]) <= 0 or (not model.shared_focal and float(params[1]) <= 0):
         raise CameraModelError(f"{name} focal length must be positive, got {list(params[:2])}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Distortion maps, arithmetic only (+ - * /), so one definition serves floats, numpy arrays and torch tensors
+# (the Blender side has numpy but no torch) and forward-mode jets (engine.projection derives the Newton
+# Jacobian from these same formulas). `extra` holds the model's distortion parameters in COLMAP
+# order (a sequence, or an array whose first axis is the parameter); each entry is a float or an array/tensor
+# broadcastable against the coordinates (batched cameras).
+# The formulas are COLMAP's `Distortion` functions (src/colmap/sensor/models.h) written as the distorted point
+# itself, x_d = x + du. Perspective models act on the pinhole plane (x, y) = (X/Z, Y/Z); fisheye models act on
+# the equidistant plane (a, b) = theta * (X, Y) / |(X, Y)|, theta being the angle from the optical axis.
+# Pixels are then u = fx * x_d + cx, v = fy * y_d + cy.
+
+
+def radial_distortion_factor(model_name: str, extra, r2):
+    """Radial factor s(r2) with r_d = r * s: r is the pinhole radius (perspective) or theta (fisheye), r2 = r**2."""
+    model = get_model(model_name)
+    name, n = model.name, len(extra)
+    if n != len(model.extra_params):
+        raise CameraModelError(f"{name} takes {len(model.extra_params)} distortion parameters "
+                               f"({', '.join(model.extra_params)}), got {n}")
+    if name in ("SIMPLE_PINHOLE", "PINHOLE"):
+        return 1.0 + 0.0 * r2
+    if name in ("SIMPLE_RADIAL", "SIMPLE_RADIAL_FISHEYE"):
+        (k,) = extra
+        return 1.0 + k * r2
+    if name in ("RADIAL", "RADIAL_FISHEYE"):
+        k1, k2 = extra
+        return 1.0 + r2 * (k1 + k2 * r2)
+    if name == "OPENCV":
+        k1, k2, _, _ = extra
+        return 1.0 + r2 * (k1 + k2 * r2)
+    if name == "OPENCV_FISHEYE":
+        k1, k2, k3, k4 = extra
+        return 1.0 + r2 * (k1 + r2 * (k2 + r2 * (k3 + k4 * r2)))
+    if name == "THIN_PRISM_FISHEYE":
+        k1, k2, _, _, k3, k4, _, _ = extra
+        return 1.0 + r2 * (k1 + r2 * (k2 + r2 * (k3 + k4 * r2)))
+    if name == "FULL_OPENCV":  # rational model (OpenCV's CALIB_RATIONAL_MODEL)
+        k1, k2, _, _, k3, k4, k5, k6 = extra
+        return (1.0 + r2 * (k1 + r2 * (k2 + k3 * r2))) / (1.0 + r2 * (k4 + r2 * (k5 + k6 * r2)))
+    raise CameraModelError(f"no distortion formula for camera model {name}")  # registry and formulas disagree
+
+
+def _distort_plane(model: CameraModel, extra, x, y):
+    """Radial factor plus the tangential (p1, p2) and thin-prism (sx1, sy1) terms of Brown-Conrady."""
+    x2, y2, xy = x * x, y * y, x * y
+    r2 = x2 + y2
+    s = radial_distortion_factor(model.name, extra, r2)
+    xd, yd = x * s, y * s
+    if model.name in ("OPENCV", "FULL_OPENCV", "THIN_PRISM_FISHEYE"):
+        p1, p2 = extra[2], extra[3]
+        xd = xd + 2.0 * p1 * xy + p2 * (r2 + 2.0 * x2)
+        yd = yd + 2.0 * p2 * xy + p1 * (r2 + 2.0 * y2)
+    if model.name == "THIN_PRISM_FISHEYE":
+        sx1, sy1 = extra[6], extra[7]
+        xd = xd + sx1 * r2
+        yd = yd + sy1 * r2
+    return xd, yd
+
+
+def distort_normalized(model_name: str, extra, x, y):
+    """(x_d, y_d) of a perspective model from pinhole-plane coordinates (x, y) = (X/Z, Y/Z); identity for pinholes."""
+    model = get_model(model_name)
+    if model.fisheye:
+        raise CameraModelError(f"{model_name} is a fisheye model: use distort_equidistant / fisheye_theta_distorted")
+    return _distort_plane(model, extra, x, y)
+
+
+def distort_equidistant(model_name: str, extra, a, b):
+    """(a_d, b_d) of a fisheye model from equidistant coordinates (a, b) = theta * (X, Y) / |(X, Y)|."""
+    model = get_model(model_name)
+    if not model.fisheye:
+        raise CameraModelError(f"{model_name} is not a fisheye model: use distort_normalized")
+    return _distort_plane(model, extra, a, b)
+
+
+def fisheye_theta_distorted(model_name: str, extra, theta):
+    """theta_d = r_d / f of a fisheye model as a function of the angle theta from the optical axis (radians).
+
+    Exact for the radially symmetric models; for THIN_PRISM_FISHEYE the radial part (tangential and thin-prism
+    terms are left out).
+    """
+    if not get_model(model_name).fisheye:
+        raise CameraModelError(f"{model_name} is not a fisheye model")
+    return theta * radial_distortion_factor(model_name, extra, theta * theta)
