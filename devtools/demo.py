@@ -1,0 +1,309 @@
+"""End-to-end demo (`make demo`): ground truth -> COLMAP -> bundle -> Blender, with a picture that shows the
+imported point cloud is aligned with the photos.
+
+Steps (each a function of the shared `DemoRun`, so later stages — calibrate, reconstruct, train — slot in):
+  generate        render a procedural scene from several cameras; write its ground-truth bundle (scenegen)
+  colmap-export   `python -m engine export ground_truth --format colmap` (the add-on's job runner)
+  colmap-import   `python -m engine import colmap --out roundtrip`
+  blender-import  a fresh Blender scene, the add-on enabled, `bpy.ops.unposed.import_scene(filepath=roundtrip)`
+  errors          pose and intrinsics of the imported Blender cameras against the ground truth (errors.json)
+  preview         the point cloud rendered through one imported camera, over the (darkened) source photo, beside
+                  the photo (preview.png; the point layer alone, with alpha, in preview_points.png)
+  save-blend      demo.blend
+
+    python -m devtools.demo --out out/demo [--kind object|room] [--views 8] [--width 320] [--height 240]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+PHOTO_DIM = 0.4  # brightness of the photo under the point layer, so the points stand out
+POINT_RADIUS_PX = (0.8, 3.0)  # range of the preview's point radius, in pixels at the cloud's median depth
+
+
+@dataclass
+class DemoConfig:
+    out: Path
+    kind: str = "object"
+    views: int = 8
+    width: int = 320
+    height: int = 240
+    samples: int = 16
+    points: int = 60000  # surface samples before visibility
+    seed: int = 0
+    preview_view: int = 0  # index of the image whose camera renders the preview
+
+
+@dataclass
+class DemoRun:
+    config: DemoConfig
+    ground_truth: Path | None = None  # bundle written by scenegen
+    colmap: Path | None = None  # COLMAP project exported by the engine
+    roundtrip: Path | None = None  # bundle imported back from the COLMAP project
+    errors: list[dict[str, Any]] = field(default_factory=list)  # per image, see `measure_errors`
+    preview: Path | None = None
+    preview_points: Path | None = None
+    blend: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    run: Callable[[DemoRun], str]  # does the step, returns a one-line summary
+
+
+def _module(name: str):
+    """A submodule of the enabled add-on (enabling it like the tests do), e.g. _module("engine.bundle")."""
+    from scenegen.addon import module
+
+    return module(name)
+
+
+def generate_ground_truth(run: DemoRun) -> str:
+    import bpy
+    import scenegen
+
+    bpy.ops.wm.read_homefile(use_empty=True)
+    c = run.config
+    run.ground_truth = scenegen.generate(c.out / "ground_truth", kind=c.kind, n_views=c.views, width=c.width,
+                                         height=c.height, seed=c.seed, samples=c.samples, n_points=c.points,
+                                         save_depth=True)
+    scene = _module("engine.bundle").read_bundle(run.ground_truth)
+    return f"{len(scene.images)} photos {c.width}x{c.height}, {len(scene.points):,} points -> {run.ground_truth}"
+
+
+def _engine(*args: str) -> dict[str, Any]:
+    """Run `python -m engine --progress jsonl ARGS` with the add-on's job runner (this interpreter); its result."""
+    return _module("jobs.runner").run_engine(args)
+
+
+def export_colmap(run: DemoRun) -> str:
+    run.colmap = run.config.out / "colmap"
+    result = _engine("export", str(run.ground_truth), "--format", "colmap", "--out", str(run.colmap))
+    return f"{result['images']} images, {result['points']:,} points -> {run.colmap}"
+
+
+def import_colmap(run: DemoRun) -> str:
+    run.roundtrip = run.config.out / "roundtrip"
+    result = _engine("import", str(run.colmap), "--out", str(run.roundtrip))
+    return f"{result['images']} images, {result['points']:,} points -> {run.roundtrip}"
+
+
+def import_into_blender(run: DemoRun) -> str:
+    import bpy
+
+    bpy.ops.wm.read_homefile(use_empty=True)
+    result = bpy.ops.unposed.import_scene(filepath=str(run.roundtrip))
+    if result != {"FINISHED"}:
+        raise RuntimeError(f"bpy.ops.unposed.import_scene({run.roundtrip}) returned {result}")
+    cameras = [o for o in bpy.context.scene.objects if o.type == "CAMERA"]
+    return f"{len(cameras)} cameras and {len(_point_clouds())} point cloud in the scene"
+
+
+def _point_clouds() -> list:
+    import bpy
+
+    is_cloud = _module("bridge.pointcloud").is_point_cloud
+    return [o for o in bpy.context.scene.objects if is_cloud(o)]
+
+
+def measure_errors(run: DemoRun) -> str:
+    """Each ground-truth image against the Blender camera imported for it: rotation (deg), camera centre
+    (scene units), focal length (relative), principal point (px)."""
+    import bpy
+
+    camera_from_blender = _module("bridge.camera").camera_from_blender
+    pose = _module("engine.pose")
+    truth = _module("engine.bundle").read_bundle(run.ground_truth)
+    scene = bpy.context.scene
+    run.errors = []
+    for image in truth.images:
+        obj = bpy.data.objects.get(image.name)
+        if obj is None:
+            raise RuntimeError(f"image {image.name}: no imported camera object of that name")
+        gt = truth.camera_of(image)
+        _set_render_size(scene, gt)  # camera_from_blender reads the camera at the scene's render size
+        camera, cam_from_world = camera_from_blender(scene, obj)
+        fx, fy, cx, cy, _ = camera.split()
+        gfx, gfy, gcx, gcy, _ = gt.split()
+        run.errors.append({
+            "image": image.name,
+            "rotation_deg": pose.rotation_angle_deg(image.cam_from_world[:3, :3], cam_from_world[:3, :3]),
+            "centre": float(np.linalg.norm(pose.camera_center(image.cam_from_world)
+                                           - pose.camera_center(cam_from_world))),
+            "focal_rel": max(abs(fx - gfx) / gfx, abs(fy - gfy) / gfy),
+            "principal_px": float(np.hypot(cx - gcx, cy - gcy)),
+            "model": f"{gt.model} -> {camera.model}",
+        })
+    _set_render_size(scene, truth.camera_of(truth.images[run.config.preview_view]))
+    _write_json(run.config.out / "errors.json", run.errors)
+    worst = {key: max(e[key] for e in run.errors) for key in ("rotation_deg", "centre", "focal_rel", "principal_px")}
+    return (f"worst over {len(run.errors)} cameras: rotation {worst['rotation_deg']:.2e} deg, centre "
+            f"{worst['centre']:.2e}, focal {worst['focal_rel']:.2e} (relative), principal point "
+            f"{worst['principal_px']:.2e} px")
+
+
+def _set_render_size(scene, camera) -> None:
+    scene.render.resolution_x, scene.render.resolution_y = camera.width, camera.height
+    scene.render.resolution_percentage = 100
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with _module("engine.atomic").atomic_file(path, "w") as f:
+        json.dump(data, f, indent=1)
+
+
+def render_preview(run: DemoRun) -> str:
+    """Render the point cloud alone (Cycles, transparent film, points emitting their own colours) through the
+    preview image's imported camera, composite it over the darkened photo and put the photo beside it."""
+    import bpy
+    import cv2
+
+    pointcloud = _module("bridge.pointcloud")
+    truth = _module("engine.bundle").read_bundle(run.ground_truth)
+    image = truth.images[run.config.preview_view]
+    scene = bpy.context.scene
+    scene.camera = bpy.data.objects[image.name]
+    _set_render_size(scene, truth.camera_of(image))
+    clouds = _point_clouds()
+    if not clouds:
+        raise RuntimeError("the imported scene has no point cloud to preview")
+    camera = truth.camera_of(image)
+    fx, fy, cx, cy, _ = camera.split()
+    for cloud in clouds:
+        xyz = pointcloud.points_from_object(cloud).xyz.astype(np.float64)
+        cam = xyz @ image.cam_from_world[:3, :3].T + image.cam_from_world[:3, 3]
+        cam = cam[cam[:, 2] > 0]
+        u, v = fx * cam[:, 0] / cam[:, 2] + cx, fy * cam[:, 1] / cam[:, 2] + cy  # the pinhole part sizes dots
+        z = cam[(u >= 0) & (u < camera.width) & (v >= 0) & (v < camera.height), 2]
+        if len(z) == 0:
+            raise RuntimeError(f"preview: no point of {cloud.name!r} is in front of camera {image.name!r}")
+        # Dots about as wide as the gaps between the points in the frame (sparse clouds), at their median depth.
+        radius_px = np.clip(0.5 * np.sqrt(camera.width * camera.height / len(z)), *POINT_RADIUS_PX)
+        pointcloud.set_radius(cloud, radius_px * np.median(z) / fx)
+    scene.render.engine = "CYCLES"
+    scene.cycles.device, scene.cycles.samples, scene.cycles.use_denoising = "CPU", 8, False
+    scene.view_layers[0].material_override = _emission_of(pointcloud.COLOR_ATTR)  # the points' colours, unlit
+    scene.render.film_transparent = True
+    scene.view_settings.view_transform = "Standard"
+    settings = scene.render.image_settings
+    settings.file_format, settings.color_mode, settings.color_depth = "PNG", "RGBA", "8"
+    out = run.config.out
+    with tempfile.TemporaryDirectory(prefix="unposed-demo-") as tmp:
+        scene.render.filepath = str(Path(tmp) / "points.png")
+        bpy.ops.render.render(write_still=True)
+        layer = cv2.imread(str(Path(tmp) / "points.png"), cv2.IMREAD_UNCHANGED)  # BGRA
+    photo = cv2.imread(str(image.path), cv2.IMREAD_COLOR)
+    if layer is None or photo is None or layer.shape[:2] != photo.shape[:2]:
+        raise RuntimeError(f"preview: the point render and the photo {image.path} do not match in size")
+    alpha = layer[..., 3:4].astype(np.float32) / 255.0
+    overlay = layer[..., :3] * alpha + photo * PHOTO_DIM * (1.0 - alpha)
+    gap = np.full((photo.shape[0], 4, 3), 255, dtype=np.uint8)
+    side_by_side = np.concatenate([photo, gap, np.rint(overlay).astype(np.uint8)], axis=1)
+    run.preview, run.preview_points = out / "preview.png", out / "preview_points.png"
+    _write_png(run.preview, side_by_side)
+    _write_png(run.preview_points, layer)
+    covered = float((alpha > 0.5).mean())
+    return f"{image.name}: points cover {covered:.0%} of the frame -> {run.preview}"
+
+
+def _emission_of(attribute: str):
+    """A material that emits its geometry's colour `attribute` as is (strength 1: colour in = colour out)."""
+    import bpy
+
+    mat = bpy.data.materials.new("Unposed demo: point colours")
+    nodes, links = mat.node_tree.nodes, mat.node_tree.links
+    nodes.clear()
+    attr, emission, out = (nodes.new(t) for t in ("ShaderNodeAttribute", "ShaderNodeEmission",
+                                                   "ShaderNodeOutputMaterial"))
+    attr.attribute_type, attr.attribute_name = "GEOMETRY", attribute
+    links.new(attr.outputs["Color"], emission.inputs["Color"])
+    links.new(emission.outputs["Emission"], out.inputs["Surface"])
+    return mat
+
+
+def _write_png(path: Path, pixels: np.ndarray) -> None:
+    import cv2
+
+    ok, data = cv2.imencode(".png", pixels)
+    if not ok:
+        raise RuntimeError(f"{path}: could not encode the PNG")
+    with _module("engine.atomic").atomic_file(path) as f:
+        f.write(data.tobytes())
+
+
+def save_blend(run: DemoRun) -> str:
+    import bpy
+
+    run.blend = run.config.out / "demo.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(run.blend))  # Blender writes a temporary file and renames it
+    return str(run.blend)
+
+
+STEPS: tuple[Step, ...] = (
+    Step("generate", generate_ground_truth),
+    Step("colmap-export", export_colmap),
+    Step("colmap-import", import_colmap),
+    Step("blender-import", import_into_blender),
+    Step("errors", measure_errors),
+    Step("preview", render_preview),
+    Step("save-blend", save_blend),
+)
+
+
+def run_demo(config: DemoConfig, steps: Sequence[Step] = STEPS, log: Callable[[str], None] = print) -> DemoRun:
+    """Run `steps` in order on a new `DemoRun`; each step's summary and time go to `log`."""
+    _module("operators")  # enable the add-on before anything imports bpy (isolated session: scenegen.addon)
+    config.out = Path(config.out).absolute()
+    config.out.mkdir(parents=True, exist_ok=True)
+    run = DemoRun(config)
+    for step in steps:
+        start = time.monotonic()
+        summary = step.run(run)
+        run.timings[step.name] = time.monotonic() - start
+        log(f"[{step.name}] {summary} ({run.timings[step.name]:.1f} s)")
+    return run
+
+
+def _report(run: DemoRun) -> str:
+    lines = ["", "Round-tripped cameras vs ground truth (ground truth -> COLMAP -> bundle -> Blender):",
+             f"  {'image':<14} {'rotation (deg)':>15} {'centre (m)':>12} {'focal (rel)':>12} {'pp (px)':>10}"]
+    for e in run.errors:
+        lines.append(f"  {e['image']:<14} {e['rotation_deg']:>15.2e} {e['centre']:>12.2e} {e['focal_rel']:>12.2e} "
+                     f"{e['principal_px']:>10.2e}")
+    lines += ["", "Outputs:", f"  ground truth bundle  {run.ground_truth}", f"  COLMAP project       {run.colmap}",
+              f"  round-trip bundle    {run.roundtrip}", f"  Blender file         {run.blend}",
+              f"  preview              {run.preview}  (left: photo; right: imported points over it)",
+              f"  camera errors        {run.config.out / 'errors.json'}",
+              f"Total {sum(run.timings.values()):.1f} s"]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devtools.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
+    parser.add_argument("--kind", choices=("object", "room"), default=DemoConfig.kind)
+    parser.add_argument("--views", type=int, default=DemoConfig.views)
+    parser.add_argument("--width", type=int, default=DemoConfig.width)
+    parser.add_argument("--height", type=int, default=DemoConfig.height)
+    parser.add_argument("--samples", type=int, default=DemoConfig.samples)
+    parser.add_argument("--seed", type=int, default=DemoConfig.seed)
+    args = parser.parse_args(argv)
+    config = DemoConfig(out=args.out, kind=args.kind, views=args.views, width=args.width, height=args.height,
+                        samples=args.samples, seed=args.seed)
+    print(_report(run_demo(config)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
