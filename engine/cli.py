@@ -18,6 +18,10 @@ from .progress import Progress
 COMMANDS: dict[str, tuple[str, str]] = {
     "import": ("import_cmd", "convert a COLMAP model or nerfstudio transforms.json into a scene bundle"),
     "export": ("export_cmd", "write a scene bundle as a COLMAP model or a nerfstudio transforms.json"),
+    "align": ("align_cmd", "globally align pairwise pointmaps (pairs.npz) into cameras, depth maps and points"),
+    "pairs": ("pairs_cmd", "predict DUSt3R/MASt3R pointmaps for an image pair graph into pairs.npz"),
+    "reconstruct": ("reconstruct_cmd", "cameras and points from unposed photos or a video (COLMAP or pointmaps)"),
+    "calibrate": ("calibrate_cmd", "calibrate cameras from single photos (EXIF, vanishing points, DM-Calib)"),
 }
 
 

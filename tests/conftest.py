@@ -63,3 +63,7 @@ def empty_scene(addon):
 
     bpy.ops.wm.read_homefile(use_empty=True)
     return bpy.context.scene
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
