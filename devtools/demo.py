@@ -3,6 +3,8 @@ imported point cloud is aligned with the photos.
 
 Steps (each a function of the shared `DemoRun`, so later stages — calibrate, reconstruct, train — slot in):
   generate        render a procedural scene from several cameras; write its ground-truth bundle (scenegen)
+  calibrate       render one view of a Manhattan room and calibrate it from that photo alone (`engine calibrate`),
+                  printing the field-of-view and focal error against the camera that rendered it
   colmap-export   `python -m engine export ground_truth --format colmap` (the add-on's job runner)
   colmap-import   `python -m engine import colmap --out roundtrip`
   blender-import  a fresh Blender scene, the add-on enabled, `bpy.ops.unposed.import_scene(filepath=roundtrip)`
@@ -47,6 +49,7 @@ class DemoConfig:
 class DemoRun:
     config: DemoConfig
     ground_truth: Path | None = None  # bundle written by scenegen
+    calibration: dict[str, Any] = field(default_factory=dict)  # single-photo calibration vs truth
     colmap: Path | None = None  # COLMAP project exported by the engine
     roundtrip: Path | None = None  # bundle imported back from the COLMAP project
     errors: list[dict[str, Any]] = field(default_factory=list)  # per image, see `measure_errors`
@@ -80,6 +83,37 @@ def generate_ground_truth(run: DemoRun) -> str:
                                          save_depth=True)
     scene = _module("engine.bundle").read_bundle(run.ground_truth)
     return f"{len(scene.images)} photos {c.width}x{c.height}, {len(scene.points):,} points -> {run.ground_truth}"
+
+
+CALIBRATION_HFOV_DEG = 55.0  # the room view the calibrate step renders
+
+
+def calibrate_one(run: DemoRun) -> str:
+    """Calibrate a single rendered room photo (the default `auto` method: DM-Calib when weights are installed,
+    else vanishing points) and compare with the camera that rendered it."""
+    import bpy
+    import scenegen
+
+    bpy.ops.wm.read_homefile(use_empty=True)
+    c = run.config
+    width, height = max(c.width, 480), max(c.height, 360)  # enough pixels for line detection
+    bundle = scenegen.generate(c.out / "calibration", kind="room", n_views=1, width=width, height=height,
+                               seed=c.seed + 1, samples=c.samples, n_points=1000, hfov_deg=CALIBRATION_HFOV_DEG,
+                               rig="random")
+    truth = _module("engine.bundle").read_bundle(bundle)
+    image = truth.images[0]
+    fx_true = truth.camera_of(image).split()[0]
+    found = _engine("calibrate", str(image.path))["results"][0]
+    fx_found = found["params"][0]
+    true_hfov = float(np.degrees(2 * np.arctan(width / 2 / fx_true)))
+    run.calibration = {"image": str(image.path), "method": found["method"], "confidence": found["confidence"],
+                       "hfov_deg": found["hfov_deg"], "true_hfov_deg": true_hfov,
+                       "hfov_error_deg": abs(found["hfov_deg"] - true_hfov),
+                       "focal_rel_error": abs(fx_found - fx_true) / fx_true}
+    _write_json(c.out / "calibration.json", run.calibration)
+    cal = run.calibration
+    return (f"{found['method']} (confidence {cal['confidence']:.2f}): hFoV {cal['hfov_deg']:.2f} deg vs true "
+            f"{true_hfov:.2f} deg (error {cal['hfov_error_deg']:.2f} deg, focal {100 * cal['focal_rel_error']:.1f}%)")
 
 
 def _engine(*args: str) -> dict[str, Any]:
@@ -252,6 +286,7 @@ def save_blend(run: DemoRun) -> str:
 
 STEPS: tuple[Step, ...] = (
     Step("generate", generate_ground_truth),
+    Step("calibrate", calibrate_one),
     Step("colmap-export", export_colmap),
     Step("colmap-import", import_colmap),
     Step("blender-import", import_into_blender),

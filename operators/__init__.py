@@ -1,9 +1,9 @@
 """Operators (bpy.ops.unposed.*). Thin: they gather options, run jobs and call bridge/ to change the scene."""
 import bpy
 
-from . import engine_ops, io
+from . import engine_ops, io, match_camera
 
-classes: tuple = (*engine_ops.classes, *io.classes)
+classes: tuple = (*engine_ops.classes, *io.classes, *match_camera.classes)
 
 
 def register() -> None:

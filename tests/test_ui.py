@@ -143,7 +143,9 @@ def test_sidebar_panels(addon, empty_scene, job_state):
         ("prop", "images_dir"), ("operator", "unposed.import_scene"),
         ("prop", "export_format"), ("prop", "export_selected_only"), ("operator", "unposed.export_scene")]
 
-    for cls in (panel.UNPOSED_PT_match_camera, panel.UNPOSED_PT_reconstruct, panel.UNPOSED_PT_train_splats):
+    # No camera has been matched yet: only the button.
+    assert draw(panel.UNPOSED_PT_match_camera, bpy.context) == [("operator", "unposed.match_camera")]
+    for cls in (panel.UNPOSED_PT_reconstruct, panel.UNPOSED_PT_train_splats):
         assert draw(cls, bpy.context)[0] == ("label", "Coming soon:")
 
 

@@ -65,9 +65,28 @@ class _ComingPanel(_SidebarPanel):
         col.label(text=self.coming)
 
 
-class UNPOSED_PT_match_camera(_ComingPanel, bpy.types.Panel):
+class UNPOSED_PT_match_camera(_SidebarPanel, bpy.types.Panel):
     bl_label = "Match Camera"
-    coming = "calibrate a camera from one photo"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        from ..operators.match_camera import match_target, stored_match
+
+        layout = self.layout
+        layout.operator("unposed.match_camera", icon='CAMERA_DATA')  # camera background, Image Editor or a file
+        cam = match_target(context)
+        state = stored_match(cam)
+        if state is None:
+            return
+        r = state["result"]
+        col = layout.column(align=True)
+        col.label(text=f"{cam.name}: {r['method']}, confidence {r['confidence']:.2f}")
+        col.label(text=f"FoV {r['hfov_deg']:.1f} x {r['vfov_deg']:.1f} deg")
+        if r.get("cam_from_world") is not None:
+            row = layout.row(align=True)
+            op = row.operator("unposed.match_camera_axes", text="Flip X/Y", depress=state["flip"])
+            op.flip, op.swap = not state["flip"], state["swap"]
+            op = row.operator("unposed.match_camera_axes", text="Swap X/Y", depress=state["swap"])
+            op.flip, op.swap = state["flip"], not state["swap"]
 
 
 class UNPOSED_PT_reconstruct(_ComingPanel, bpy.types.Panel):
