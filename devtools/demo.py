@@ -12,8 +12,11 @@ Steps (each a function of the shared `DemoRun`, so later stages — calibrate, r
   preview         the point cloud rendered through one imported camera, over the (darkened) source photo, beside
                   the photo (preview.png; the point layer alone, with alpha, in preview_points.png)
   save-blend      demo.blend
+  reconstruct     the main job: `bpy.ops.unposed.reconstruct` on the ground truth's photos alone (COLMAP backend, no
+                  weights), imported into a fresh scene; pose and focal errors against the ground truth after the
+                  best Sim(3) (reconstruction.json), its own preview (reconstruction_preview.png) and .blend
 
-    python -m devtools.demo --out out/demo [--kind object|room] [--views 8] [--width 320] [--height 240]
+    python -m devtools.demo --out out/demo [--kind textured|object|room] [--views 8] [--width 320] [--height 240]
 """
 from __future__ import annotations
 
@@ -35,7 +38,8 @@ POINT_RADIUS_PX = (0.8, 3.0)  # range of the preview's point radius, in pixels a
 @dataclass
 class DemoConfig:
     out: Path
-    kind: str = "object"
+    kind: str = "textured"  # richly textured, so the reconstruct step's feature matching has plenty to work with
+    arc_deg: float = 120.0  # the cameras stand on an arc of this many degrees around the scene
     views: int = 8
     width: int = 320
     height: int = 240
@@ -50,6 +54,8 @@ class DemoRun:
     config: DemoConfig
     ground_truth: Path | None = None  # bundle written by scenegen
     calibration: dict[str, Any] = field(default_factory=dict)  # single-photo calibration vs truth
+    reconstruction: Path | None = None  # bundle reconstructed from the photos alone
+    reconstruction_errors: dict[str, Any] = field(default_factory=dict)  # vs truth, after Sim(3)
     colmap: Path | None = None  # COLMAP project exported by the engine
     roundtrip: Path | None = None  # bundle imported back from the COLMAP project
     errors: list[dict[str, Any]] = field(default_factory=list)  # per image, see `measure_errors`
@@ -80,7 +86,7 @@ def generate_ground_truth(run: DemoRun) -> str:
     c = run.config
     run.ground_truth = scenegen.generate(c.out / "ground_truth", kind=c.kind, n_views=c.views, width=c.width,
                                          height=c.height, seed=c.seed, samples=c.samples, n_points=c.points,
-                                         save_depth=True)
+                                         arc_deg=c.arc_deg, save_depth=True)
     scene = _module("engine.bundle").read_bundle(run.ground_truth)
     return f"{len(scene.images)} photos {c.width}x{c.height}, {len(scene.points):,} points -> {run.ground_truth}"
 
@@ -198,14 +204,21 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def render_preview(run: DemoRun) -> str:
+    run.preview, run.preview_points = run.config.out / "preview.png", run.config.out / "preview_points.png"
+    name, covered = _overlay(run.roundtrip, run.config.preview_view, run.preview, run.preview_points)
+    return f"{name}: points cover {covered:.0%} of the frame -> {run.preview}"
+
+
+def _overlay(bundle: Path, view: int, out: Path, out_points: Path) -> tuple[str, float]:
     """Render the point cloud alone (Cycles, transparent film, points emitting their own colours) through the
-    preview image's imported camera, composite it over the darkened photo and put the photo beside it."""
+    imported camera of `bundle`'s image `view`, composite it over the darkened photo and put the photo beside
+    it (`out`); the point layer alone goes to `out_points`. Returns the image name and the covered fraction."""
     import bpy
     import cv2
 
     pointcloud = _module("bridge.pointcloud")
-    truth = _module("engine.bundle").read_bundle(run.ground_truth)
-    image = truth.images[run.config.preview_view]
+    truth = _module("engine.bundle").read_bundle(bundle)
+    image = truth.images[view]
     scene = bpy.context.scene
     scene.camera = bpy.data.objects[image.name]
     _set_render_size(scene, truth.camera_of(image))
@@ -232,7 +245,6 @@ def render_preview(run: DemoRun) -> str:
     scene.view_settings.view_transform = "Standard"
     settings = scene.render.image_settings
     settings.file_format, settings.color_mode, settings.color_depth = "PNG", "RGBA", "8"
-    out = run.config.out
     with tempfile.TemporaryDirectory(prefix="unposed-demo-") as tmp:
         scene.render.filepath = str(Path(tmp) / "points.png")
         bpy.ops.render.render(write_still=True)
@@ -244,11 +256,9 @@ def render_preview(run: DemoRun) -> str:
     overlay = layer[..., :3] * alpha + photo * PHOTO_DIM * (1.0 - alpha)
     gap = np.full((photo.shape[0], 4, 3), 255, dtype=np.uint8)
     side_by_side = np.concatenate([photo, gap, np.rint(overlay).astype(np.uint8)], axis=1)
-    run.preview, run.preview_points = out / "preview.png", out / "preview_points.png"
-    _write_png(run.preview, side_by_side)
-    _write_png(run.preview_points, layer)
-    covered = float((alpha > 0.5).mean())
-    return f"{image.name}: points cover {covered:.0%} of the frame -> {run.preview}"
+    _write_png(out, side_by_side)
+    _write_png(out_points, layer)
+    return image.name, float((alpha > 0.5).mean())
 
 
 def _emission_of(attribute: str):
@@ -284,6 +294,31 @@ def save_blend(run: DemoRun) -> str:
     return str(run.blend)
 
 
+def reconstruct_photos(run: DemoRun) -> str:
+    """Reconstruct cameras and points from the ground truth's photos alone with the weights-free backend."""
+    import bpy
+
+    bundles = _module("engine.bundle")
+    out = run.config.out
+    run.reconstruction = out / "reconstruction"
+    bpy.ops.wm.read_homefile(use_empty=True)
+    result = bpy.ops.unposed.reconstruct(directory=str(run.ground_truth / "images"), backend='COLMAP',
+                                         output=str(run.reconstruction))
+    if result != {"FINISHED"}:
+        raise RuntimeError(f"bpy.ops.unposed.reconstruct returned {result}")
+    estimate, truth = bundles.read_bundle(run.reconstruction), bundles.read_bundle(run.ground_truth)
+    errors = _module("engine.reconstruct.compare").compare(estimate, truth).summary()
+    run.reconstruction_errors = errors
+    _write_json(out / "reconstruction.json", errors)
+    view = min(run.config.preview_view, len(estimate.images) - 1)
+    _overlay(run.reconstruction, view, out / "reconstruction_preview.png", out / "reconstruction_points.png")
+    bpy.ops.wm.save_as_mainfile(filepath=str(out / "reconstruction.blend"))
+    return (f"{errors['registered']}/{len(truth.images)} photos registered; after Sim(3): rotation median "
+            f"{errors['rotation_median_deg']:.3f} deg, max {errors['rotation_max_deg']:.3f} deg; centre max "
+            f"{100 * errors['centre_max_relative']:.2f}% of the rig radius; focal max {100 * errors['focal_max']:.2f}%"
+            f" -> {out / 'reconstruction_preview.png'}")
+
+
 STEPS: tuple[Step, ...] = (
     Step("generate", generate_ground_truth),
     Step("calibrate", calibrate_one),
@@ -293,6 +328,7 @@ STEPS: tuple[Step, ...] = (
     Step("errors", measure_errors),
     Step("preview", render_preview),
     Step("save-blend", save_blend),
+    Step("reconstruct", reconstruct_photos),
 )
 
 
@@ -319,15 +355,18 @@ def _report(run: DemoRun) -> str:
     lines += ["", "Outputs:", f"  ground truth bundle  {run.ground_truth}", f"  COLMAP project       {run.colmap}",
               f"  round-trip bundle    {run.roundtrip}", f"  Blender file         {run.blend}",
               f"  preview              {run.preview}  (left: photo; right: imported points over it)",
-              f"  camera errors        {run.config.out / 'errors.json'}",
-              f"Total {sum(run.timings.values()):.1f} s"]
+              f"  camera errors        {run.config.out / 'errors.json'}"]
+    if run.reconstruction is not None:
+        lines += [f"  reconstruction       {run.reconstruction}  (errors: reconstruction.json, "
+                  f"preview: reconstruction_preview.png, reconstruction.blend)"]
+    lines += [f"Total {sum(run.timings.values()):.1f} s"]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devtools.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
-    parser.add_argument("--kind", choices=("object", "room"), default=DemoConfig.kind)
+    parser.add_argument("--kind", choices=("textured", "object", "room"), default=DemoConfig.kind)
     parser.add_argument("--views", type=int, default=DemoConfig.views)
     parser.add_argument("--width", type=int, default=DemoConfig.width)
     parser.add_argument("--height", type=int, default=DemoConfig.height)

@@ -1,9 +1,9 @@
 """Operators (bpy.ops.unposed.*). Thin: they gather options, run jobs and call bridge/ to change the scene."""
 import bpy
 
-from . import engine_ops, io, match_camera
+from . import engine_ops, io, match_camera, reconstruct
 
-classes: tuple = (*engine_ops.classes, *io.classes, *match_camera.classes)
+classes: tuple = (*engine_ops.classes, *io.classes, *match_camera.classes, *reconstruct.classes)
 
 
 def register() -> None:

@@ -1,4 +1,5 @@
-"""Procedural scenes with known geometry: a Manhattan room and an object-centric tabletop.
+"""Procedural scenes with known geometry: a Manhattan room, an object-centric tabletop, and a richly textured
+tabletop for feature matching.
 
 Builders create meshes at their true size (object scale 1, so the object-space textures of `materials` are in
 metres), one light, and return a `BuiltScene` that says what to sample for the point cloud and where cameras
@@ -31,7 +32,7 @@ class BuiltScene:
 
 
 def build_scene(kind: str, seed: int = 0, scene: bpy.types.Scene | None = None) -> BuiltScene:
-    """Build scene `kind` ('room' or 'object') into `scene` (default: the context scene, expected empty)."""
+    """Build scene `kind` ('room', 'object' or 'textured') into `scene` (default: the context scene, expected empty)."""
     if kind not in BUILDERS:
         raise ValueError(f"unknown scene kind {kind!r}; known kinds: {', '.join(BUILDERS)}")
     scene = scene or bpy.context.scene
@@ -202,6 +203,33 @@ def build_object(collection: bpy.types.Collection, seed: int, scene: bpy.types.S
     return BuiltScene("object", seed, collection, objects, np.array([0.0, 0.0, 0.35]), (3.6, 3.6), (1.2, 2.6), 0.3)
 
 
+def build_textured(collection: bpy.types.Collection, seed: int, scene: bpy.types.Scene) -> BuiltScene:
+    """Boxes, a cylinder and a ball on a ground square, every surface a two-colour multi-octave noise texture
+    ("blobs"), which SIFT finds plenty of distinctive features in (the checkerboards and stripes of "object"
+    and "room" are repetitive); a hard sun, black background."""
+    rng = np.random.default_rng(seed)
+
+    def blobs(name: str, scale: float):
+        return surface_material(name, rng, "blobs", scale)
+
+    objects = [plane(collection, "ground", [(-4, -4, 0), (4, -4, 0), (4, 4, 0), (-4, 4, 0)], blobs("ground", 5.0))]
+    spots = np.array([(-0.7, -0.6), (0.7, -0.5), (-0.5, 0.7), (0.6, 0.6)]) + rng.uniform(-0.15, 0.15, (4, 2))
+    for i, (x, y) in enumerate(spots):
+        name, size = f"shape{i}", rng.uniform(0.4, 0.7)
+        if i == 2:
+            objects.append(cylinder(collection, name, size / 2, rng.uniform(0.5, 1.0), (x, y, 0), blobs(name, 10.0)))
+        elif i == 3:
+            objects.append(sphere(collection, name, size / 2, (x, y, size / 2), blobs(name, 10.0)))
+        else:
+            height = rng.uniform(0.4, 0.9)
+            objects.append(box(collection, name, (size, rng.uniform(0.4, 0.7), height), (x, y, height / 2),
+                               blobs(name, 10.0)))
+    _light(collection, "sun", "SUN", (0.0, 0.0, 5.0), 2.0,
+           (np.radians(rng.uniform(25, 50)), 0.0, rng.uniform(0, 2 * np.pi)))
+    _set_world(scene, (0.0, 0.0, 0.0, 1.0))
+    return BuiltScene("textured", seed, collection, objects, np.array([0.0, 0.0, 0.35]), (3.4, 3.4), (1.3, 2.4), 0.3)
+
+
 def _set_world(scene, colour) -> None:
     """A background seen only by camera rays, so it lights nothing (no sampling noise)."""
     world = bpy.data.worlds.new("scenegen_world")
@@ -220,4 +248,5 @@ def _set_world(scene, colour) -> None:
     scene.world = world
 
 
-BUILDERS: dict[str, Callable[..., BuiltScene]] = {"room": build_room, "object": build_object}
+BUILDERS: dict[str, Callable[..., BuiltScene]] = {"room": build_room, "object": build_object,
+                                                  "textured": build_textured}

@@ -34,7 +34,12 @@ class RecordingLayout:
         check_icon(kwargs.get("icon", 'NONE'))
         self.calls.append(("prop", prop))
 
-    def operator(self, idname, *, text=None, icon='NONE'):
+    def prop_search(self, data, prop, search_data, search_prop, **kwargs):
+        assert prop in data.bl_rna.properties, f"{data.bl_rna.identifier} has no property {prop!r}"
+        assert search_prop in search_data.bl_rna.properties, f"no collection {search_prop!r} to search"
+        self.calls.append(("prop_search", prop))
+
+    def operator(self, idname, *, text=None, icon='NONE', depress=False):
         import bpy
 
         check_icon(icon)
@@ -145,7 +150,10 @@ def test_sidebar_panels(addon, empty_scene, job_state):
 
     # No camera has been matched yet: only the button.
     assert draw(panel.UNPOSED_PT_match_camera, bpy.context) == [("operator", "unposed.match_camera")]
-    for cls in (panel.UNPOSED_PT_reconstruct, panel.UNPOSED_PT_train_splats):
+    settings.reconstruct_backend, settings.reconstruct_frame_step = 'COLMAP', 3
+    calls = draw(panel.UNPOSED_PT_reconstruct, bpy.context)
+    assert [c for c in calls if c[0] == "operator"] == [("operator", "unposed.reconstruct")] * 2
+    for cls in (panel.UNPOSED_PT_train_splats,):
         assert draw(cls, bpy.context)[0] == ("label", "Coming soon:")
 
 

@@ -89,9 +89,23 @@ class UNPOSED_PT_match_camera(_SidebarPanel, bpy.types.Panel):
             op.flip, op.swap = state["flip"], not state["swap"]
 
 
-class UNPOSED_PT_reconstruct(_ComingPanel, bpy.types.Panel):
+class UNPOSED_PT_reconstruct(_SidebarPanel, bpy.types.Panel):
     bl_label = "Reconstruct"
-    coming = "cameras and points from many photos"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        settings = context.scene.unposed
+        col = self.layout.column()
+        col.prop(settings, "reconstruct_backend")
+        col.prop(settings, "reconstruct_frame_step")
+        op = col.operator("unposed.reconstruct", text="Reconstruct from Photos", icon='IMAGE_DATA')
+        op.backend, op.frame_step = settings.reconstruct_backend, settings.reconstruct_frame_step
+        col.separator()
+        col.prop_search(settings, "reconstruct_clip", bpy.data, "movieclips", text="Clip")
+        row = col.row()
+        row.enabled = bool(settings.reconstruct_clip)
+        op = row.operator("unposed.reconstruct", text="Reconstruct from Clip", icon='SEQUENCE')
+        op.clip, op.backend, op.frame_step = (settings.reconstruct_clip, settings.reconstruct_backend,
+                                              settings.reconstruct_frame_step)
 
 
 class UNPOSED_PT_train_splats(_ComingPanel, bpy.types.Panel):

@@ -4,6 +4,13 @@ from __future__ import annotations
 import bpy
 
 
+RECONSTRUCT_BACKENDS = (
+    ('AUTO', "Auto", "The pointmap network when its weights are found (Preferences), else COLMAP"),
+    ('COLMAP', "COLMAP", "SIFT features and incremental mapping: needs no weights, sparse points"),
+    ('POINTMAP', "Pointmap", "DUSt3R/MASt3R pointmaps and global alignment: needs weights, dense points"),
+)
+
+
 class UnposedJobState(bpy.types.PropertyGroup):
     """What the sidebar shows about the engine job; written by operators/job.py only."""
 
@@ -27,6 +34,13 @@ class UnposedSceneSettings(bpy.types.PropertyGroup):
                ('NERFSTUDIO', "nerfstudio", "transforms.json with a point cloud")))
     export_selected_only: bpy.props.BoolProperty(
         name="Selected Only", default=False, description="Export only the selected cameras")
+    reconstruct_backend: bpy.props.EnumProperty(
+        name="Method", default='AUTO',
+        items=RECONSTRUCT_BACKENDS)
+    reconstruct_frame_step: bpy.props.IntProperty(
+        name="Frame Step", min=1, default=1, description="Use every N-th photo or clip frame")
+    reconstruct_clip: bpy.props.StringProperty(
+        name="Movie Clip", description="Reconstruct from this movie clip's frames")
 
 
 classes: tuple = (UnposedJobState, UnposedSceneSettings)
