@@ -1,9 +1,9 @@
 """Operators (bpy.ops.unposed.*). Thin: they gather options, run jobs and call bridge/ to change the scene."""
 import bpy
 
-from . import engine_ops, io, match_camera, reconstruct
+from . import engine_ops, io, match_camera, reconstruct, splats
 
-classes: tuple = (*engine_ops.classes, *io.classes, *match_camera.classes, *reconstruct.classes)
+classes: tuple = (*engine_ops.classes, *io.classes, *match_camera.classes, *reconstruct.classes, *splats.classes)
 
 
 def register() -> None:

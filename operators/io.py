@@ -19,29 +19,15 @@ from ..bridge import scene_export, scene_import
 from ..engine.bundle import SCENE_FILE, read_bundle, write_bundle
 from ..engine.errors import EngineError
 from ..engine.interop import check_replaceable
-from .job import EngineJobOperator, JobInputError
+from .job import BrowseThenRunOperator, JobInputError
 
 # Files of a COLMAP model folder: choosing one in the file browser means its folder.
 _COLMAP_FILES = {f"{stem}.{ext}" for stem in ("cameras", "images", "points3D", "rigs", "frames")
                  for ext in ("bin", "txt")}
 
 
-class _BrowseThenRun(EngineJobOperator):
-    """From the UI: a file browser first, then the job in the background. From scripts: `execute()` blocks."""
-
-    _browsed = False
-
-    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
-        self._browsed = True
-        context.window_manager.fileselect_add(self)
-        return {'RUNNING_MODAL'}
-
-    def execute(self, context: bpy.types.Context) -> set[str]:
-        if self._browsed and context.window is not None:
-            # Called by the file browser: run the job modally (Blender keeps the operator while it is modal).
-            self._browsed = False
-            return EngineJobOperator.invoke(self, context, None)
-        return EngineJobOperator.execute(self, context)
+class _SceneIO(BrowseThenRunOperator):
+    """Import/export: both may stage a temporary bundle."""
 
     def _remove_temp(self) -> None:
         temp = getattr(self, "_temp", None)
@@ -58,7 +44,7 @@ def _display_name(path: Path) -> str:
     return folder.name or "Unposed scene"
 
 
-class UNPOSED_OT_import_scene(_BrowseThenRun, bpy.types.Operator):
+class UNPOSED_OT_import_scene(_SceneIO, bpy.types.Operator):
     """Import cameras with their photos and the point cloud from a scene bundle, a COLMAP project or model, or a
     nerfstudio transforms.json (importing the same source again replaces its collection)"""
 
@@ -122,7 +108,7 @@ _FORMATS = [
 ]
 
 
-class UNPOSED_OT_export_scene(_BrowseThenRun, bpy.types.Operator):
+class UNPOSED_OT_export_scene(_SceneIO, bpy.types.Operator):
     """Export cameras (with lens distortion and photos) and the point cloud as a scene bundle, a COLMAP project
     or a nerfstudio dataset folder"""
 

@@ -209,3 +209,21 @@ class EngineJobOperator:
         state.running, state.progress, state.text = False, 0.0, ""
         _redraw(context)
         self.job_cleanup(context)
+
+
+class BrowseThenRunOperator(EngineJobOperator):
+    """From the UI: a file browser first, then the job in the background. From scripts: `execute()` blocks."""
+
+    _browsed = False
+
+    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        self._browsed = True
+        context.window_manager.fileselect_add(self)
+        return {'RUNNING_MODAL'}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        if self._browsed and context.window is not None:
+            # Called by the file browser: run the job modally (Blender keeps the operator while it is modal).
+            self._browsed = False
+            return EngineJobOperator.invoke(self, context, None)
+        return EngineJobOperator.execute(self, context)

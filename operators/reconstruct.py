@@ -20,13 +20,12 @@ from ..engine.errors import EngineError
 from ..engine.interop import check_replaceable
 from ..ui.preferences import get_preferences
 from ..ui.properties import RECONSTRUCT_BACKENDS
-from .io import _BrowseThenRun
-from .job import EngineJobOperator, JobInputError
+from .job import BrowseThenRunOperator, EngineJobOperator, JobInputError
 
 DEFAULT_OUTPUT = "unposed"  # the bundle's folder beside the photos (for a clip: "<clip name>_unposed")
 
 
-class UNPOSED_OT_reconstruct(_BrowseThenRun, bpy.types.Operator):
+class UNPOSED_OT_reconstruct(BrowseThenRunOperator, bpy.types.Operator):
     """Reconstruct calibrated cameras and a point cloud from photos of a scene, or from a movie clip's frames"""
 
     bl_idname = "unposed.reconstruct"

@@ -153,8 +153,8 @@ def test_sidebar_panels(addon, empty_scene, job_state):
     settings.reconstruct_backend, settings.reconstruct_frame_step = 'COLMAP', 3
     calls = draw(panel.UNPOSED_PT_reconstruct, bpy.context)
     assert [c for c in calls if c[0] == "operator"] == [("operator", "unposed.reconstruct")] * 2
-    for cls in (panel.UNPOSED_PT_train_splats,):
-        assert draw(cls, bpy.context)[0] == ("label", "Coming soon:")
+    assert [c for c in draw(panel.UNPOSED_PT_train_splats, bpy.context) if c[0] == "operator"] == [
+        ("operator", "unposed.train_splats"), ("operator", "unposed.import_splats"), ("operator", "unposed.export_splats")]
 
 
 def test_job_panel_follows_the_job_state(addon, job_state):

@@ -1,4 +1,4 @@
-"""3D View > Sidebar > Unposed: import/export, the running job, and the sections still to come."""
+"""3D View > Sidebar > Unposed: the running job, import/export, match camera, reconstruct, train splats."""
 from __future__ import annotations
 
 import bpy
@@ -55,16 +55,6 @@ class UNPOSED_PT_import_export(_SidebarPanel, bpy.types.Panel):
         op.selected_only = settings.export_selected_only
 
 
-class _ComingPanel(_SidebarPanel):
-    bl_options = {'DEFAULT_CLOSED'}
-    coming = ""
-
-    def draw(self, context: bpy.types.Context) -> None:
-        col = self.layout.column(align=True)
-        col.label(text="Coming soon:", icon='INFO')
-        col.label(text=self.coming)
-
-
 class UNPOSED_PT_match_camera(_SidebarPanel, bpy.types.Panel):
     bl_label = "Match Camera"
 
@@ -108,9 +98,15 @@ class UNPOSED_PT_reconstruct(_SidebarPanel, bpy.types.Panel):
                                               settings.reconstruct_frame_step)
 
 
-class UNPOSED_PT_train_splats(_ComingPanel, bpy.types.Panel):
+class UNPOSED_PT_train_splats(_SidebarPanel, bpy.types.Panel):
     bl_label = "Train Splats"
-    coming = "Gaussian splats from a reconstruction"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        col = self.layout.column()
+        col.operator("unposed.train_splats", icon='SHADING_RENDERED')
+        row = col.row(align=True)
+        row.operator("unposed.import_splats", text="Import .ply", icon='IMPORT')
+        row.operator("unposed.export_splats", text="Export .ply", icon='EXPORT')
 
 
 classes: tuple = (UNPOSED_PT_job, UNPOSED_PT_import_export, UNPOSED_PT_match_camera, UNPOSED_PT_reconstruct,
