@@ -113,6 +113,7 @@ def run(args, progress) -> dict:
     images = np.stack([arr for arr, _ in prepared])
     predictions = predict_pairs(list(images), model, pairs, device, progress, args.batch_size, args.precision)
     out = write_pairs(args.out, names, width, height, predictions,
-                      original_sizes=np.array([pm.original_size for _, pm in prepared]), images=images)
+                      original_sizes=np.array([pm.original_size for _, pm in prepared]), images=images,
+                      pixel_maps=np.array([(pm.crop[0], pm.crop[1], *pm.scale) for _, pm in prepared]))
     return {"out": str(out), "images": len(files), "pairs": len(pairs), "graph_pairs": total,
             "width": width, "height": height, "shard": args.shard, "device": device}
