@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pairs": ("pairs_cmd", "predict DUSt3R/MASt3R pointmaps for an image pair graph into pairs.npz"),
     "reconstruct": ("reconstruct_cmd", "cameras and points from unposed photos or a video (COLMAP or pointmaps)"),
     "calibrate": ("calibrate_cmd", "calibrate cameras from single photos (EXIF, vanishing points, DM-Calib)"),
+    "train": ("train_cmd", "train Gaussian splats while refining focal, principal point, poses and distortion"),
 }
 
 

@@ -1,0 +1,523 @@
+"""Self-calibrating Gaussian splat training: splats, focal, principal point, lens distortion and poses together.
+
+One step renders a batch of training views (projection `project`, compositor `raster_torch` or, on CUDA,
+`raster_gsplat`), takes the L1 + D-SSIM loss against the photos and updates the Gaussians (one Adam per attribute,
+3DGS learning rates) and the calibrated camera quantities (`cameras.CameraRig`, one Adam with warm-up schedules).
+Density control is `densify`. Every `test_every`-th image is held out; evaluation first refines each held-out view's
+pose against the frozen splats (so a view whose starting pose is off is not scored for that), then reports PSNR and
+SSIM. Checkpoints (atomic, `torch.save`) hold everything needed to resume; a non-finite loss stops training with
+`TrainingDiverged` before anything is overwritten, and a cancel (KeyboardInterrupt / CancelledError) saves a
+checkpoint of the (healthy) current state and re-raises.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..atomic import atomic_file
+from ..bundle import Camera, Scene
+from ..errors import BundleError, CancelledError, EngineError
+from ..progress import Progress
+from . import metrics
+from .cameras import (CALIBRATABLE, LEARNABLE_DISTORTION, CameraRig, GroupAdam, Schedule, convert_camera,
+                      lens_model)
+from .densify import DensifyConfig, Densifier, GsplatDensifier
+from .ply import Splats
+from .project import project_gaussians
+from .sh import C0, num_coefficients, sh_colors
+
+CHECKPOINT_VERSION = 1
+PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
+
+
+class TrainingDiverged(EngineError):
+    """The loss became NaN or infinite; nothing was written over earlier results."""
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 7000
+    calibrate: tuple[str, ...] = CALIBRATABLE  # any of focal, pp, pose, distortion
+    lens: str = "keep"  # keep | pinhole | radial | opencv | fisheye (cameras.lens_model)
+    shared_intrinsics: bool = False
+    device: str = "cpu"
+    rasterizer: str = "auto"  # auto (gsplat on CUDA when installed, else torch) | torch | gsplat
+    sh_degree: int = 3
+    sh_every: int = 1000  # one more SH degree becomes active every this many steps
+    batch_size: int = 1  # views per step
+    test_every: int = 8  # every n-th image is held out for evaluation (0: none)
+    eval_every: int = 1000  # evaluate every n steps (and at the end); 0: only at the end
+    eval_pose_steps: int = 100  # pose refinement steps per held-out view before scoring it
+    eval_pose_lr: float = 2e-3
+    random_init: int = 20000  # splats placed in the cameras' frusta when the bundle has no points
+    init_opacity: float = 0.5  # 3DGS starts at 0.1; 0.5 covers the image from the first step (short runs)
+    ssim_weight: float = 0.2
+    background: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    seed: int = 0
+    checkpoint_every: int = 1000
+    log_every: int = 10  # training-curve sampling
+    densify: DensifyConfig = field(default_factory=DensifyConfig)
+    # Gaussian learning rates (3DGS); means in units of the scene scale, decaying exponentially to x0.01
+    lr_means: float = 1.6e-4
+    lr_scales: float = 5e-3
+    lr_quats: float = 1e-3
+    lr_opacities: float = 5e-2
+    lr_sh0: float = 2.5e-3
+    lr_shN: float = 2.5e-3 / 20
+    # camera learning rates: focal as log-scale, pp in image widths, distortion in its own units, pose as a twist
+    # (radians, scene-scale units); each starts at calib_start, ramps up over calib_ramp steps, then decays
+    lr_focal: float = 5e-3
+    lr_pp: float = 5e-4
+    lr_distortion: float = 2e-3
+    lr_pose: float = 2e-3
+    camera_every: int = 0  # camera steps accumulate gradients over this many steps (0: one pass over the views)
+    calib_start: int = 700  # calibration waits until the splats render the photos roughly (early renders are
+    calib_ramp: int = 350  # biased: e.g. too-large initial splats favour a longer focal)
+    calib_final: float = 0.1
+
+
+@dataclass
+class TrainResult:
+    splats: Splats
+    cameras: dict[int, Camera]  # bundle camera id -> trained camera (possibly in a converted model)
+    poses: dict[int, np.ndarray]  # image id -> cam_from_world
+    curves: dict[str, list[dict[str, float]]]  # "train" and "eval" rows
+    metrics: dict[str, Any]  # final evaluation and run facts
+    notes: list[str]  # camera conversions and other decisions worth reporting
+
+
+# --- inputs --------------------------------------------------------------------------------------------------------
+
+def load_photos(scene: Scene) -> list[np.ndarray]:
+    """The photos of all images as (H, W, 3) uint8, each checked against its camera's size."""
+    from ..calibrate.image_io import load_image
+
+    if not scene.images:
+        raise BundleError("the bundle has no images: nothing to train on")
+    photos = []
+    for image in scene.images:
+        if image.path is None:
+            raise BundleError(f"image {image.name!r} has no photo (path is null); splat training needs every photo")
+        if not Path(image.path).is_file():
+            raise BundleError(f"image {image.name!r}: photo {image.path} not found")
+        rgb = load_image(image.path).rgb
+        cam = scene.camera_of(image)
+        if rgb.shape[:2] != (cam.height, cam.width):
+            raise BundleError(f"image {image.name!r}: photo {image.path} is {rgb.shape[1]}x{rgb.shape[0]} but its "
+                              f"camera {cam.id} is {cam.width}x{cam.height}")
+        photos.append(rgb)
+    return photos
+
+
+def training_cameras(scene: Scene, lens: str, calibrate: tuple[str, ...]) -> tuple[list[Camera], list[str]]:
+    """The scene's cameras in their training models (`lens`), and notes on each conversion."""
+    unknown = set(calibrate) - set(CALIBRATABLE)
+    if unknown:
+        raise EngineError(f"cannot calibrate {', '.join(sorted(unknown))}; choose from {', '.join(CALIBRATABLE)}")
+    cameras, notes = [], []
+    for cam in scene.cameras.values():
+        target = lens_model(cam, lens)
+        if target != cam.model:
+            cam_new, rms = convert_camera(cam, target)
+            notes.append(f"camera {cam.id}: {cam.model} converted to {target} "
+                         f"({'exact' if rms < 1e-6 else f'least-squares fit, RMS {rms:.3f} px'})")
+            cam = cam_new
+        if "distortion" in calibrate and cam.model not in LEARNABLE_DISTORTION:
+            raise EngineError(
+                f"camera {cam.id}: the trainer cannot learn {cam.model} distortion (learnable: "
+                f"{', '.join(LEARNABLE_DISTORTION)}); pass --lens opencv or --lens fisheye to convert it, or leave "
+                f"distortion out of --calibrate to keep it fixed")
+        cameras.append(cam)
+    return cameras, notes
+
+
+def scene_scale(poses: np.ndarray, points: np.ndarray | None) -> float:
+    """3DGS's camera extent: 1.1 x the largest distance of a camera centre from their mean (or of the points
+    from theirs, for a single camera position)."""
+    centres = -np.einsum("nji,nj->ni", poses[:, :3, :3], poses[:, :3, 3])
+    radius = float(np.linalg.norm(centres - centres.mean(0), axis=1).max())
+    if radius < 1e-6 and points is not None and len(points):
+        radius = float(np.linalg.norm(points - points.mean(0), axis=1).max())
+    return 1.1 * radius if radius > 1e-6 else 1.0
+
+
+def _nearest_neighbour_scale(xyz: np.ndarray) -> np.ndarray:
+    """Per point, the RMS distance to its 3 nearest neighbours (3DGS's initial splat size)."""
+    import cv2
+
+    pts = np.ascontiguousarray(xyz, dtype=np.float32)
+    if len(pts) < 4:
+        return np.full(len(pts), 0.01, dtype=np.float32)
+    index = cv2.flann_Index(pts, dict(algorithm=1, trees=4))  # FLANN_INDEX_KDTREE
+    _, d2 = index.knnSearch(pts, 4, params=dict(checks=64))  # squared distances; first is the point itself
+    return np.sqrt(np.maximum(d2[:, 1:].mean(1), 1e-14)).astype(np.float32)
+
+
+def initial_splats(scene: Scene, rig: CameraRig, config: TrainConfig, rng: np.random.Generator) -> Splats:
+    """Splats at the bundle's points (colour from the points), or `random_init` grey splats at random depths in
+    the cameras' frusta when there are none."""
+    if scene.points is not None and len(scene.points):
+        xyz = scene.points.xyz.astype(np.float32)
+        rgb = scene.points.rgb.astype(np.float32) / 255.0
+    else:
+        from ..projection import unproject
+
+        n = config.random_init
+        which = rng.integers(0, len(scene.images), n)
+        xyz = np.zeros((n, 3), np.float32)
+        for i in np.unique(which):
+            sel = np.nonzero(which == i)[0]
+            cam, params = rig.image_camera(int(i))
+            pix = rng.uniform([0, 0], [cam.width, cam.height], (len(sel), 2))
+            rays, valid = unproject(cam.model, params.detach().double().cpu(), torch.from_numpy(pix))
+            rays = torch.where(valid[:, None], rays, torch.tensor([0.0, 0.0, 1.0], dtype=rays.dtype)).numpy()
+            depth = rng.uniform(0.05, 1.0, len(sel)) * rig.scene_scale
+            pose = rig.poses0[int(i)].double().cpu().numpy()
+            cam_pts = rays * depth[:, None]
+            xyz[sel] = (cam_pts - pose[:3, 3]) @ pose[:3, :3]  # R^T (p - t)
+        rgb = np.full((n, 3), 0.5, np.float32) + rng.normal(0, 0.05, (n, 3)).astype(np.float32)
+    n = len(xyz)
+    k = num_coefficients(config.sh_degree) - 1
+    opacity = config.init_opacity
+    return Splats(means=xyz, quats=np.tile([1.0, 0.0, 0.0, 0.0], (n, 1)),
+                  log_scales=np.log(_nearest_neighbour_scale(xyz))[:, None].repeat(3, 1),
+                  opacity_logits=np.full(n, math.log(opacity / (1 - opacity))),
+                  sh0=(rgb - 0.5) / C0, shN=np.zeros((n, k, 3)))
+
+
+# --- the trainer ---------------------------------------------------------------------------------------------------
+
+class Trainer:
+    """The state of one training run: splats, cameras, optimisers, density control, curves; `train` drives it.
+    `photos` (H, W, 3) uint8 per image default to the bundle's files."""
+
+    def __init__(self, scene: Scene, config: TrainConfig, checkpoint: Path | None = None,
+                 photos: list[np.ndarray] | None = None) -> None:
+        self.scene, self.config = scene, config
+        self.checkpoint = None if checkpoint is None else Path(checkpoint)
+        self.device = torch.device(config.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise EngineError("--device cuda: this torch has no CUDA device available")
+        if config.iterations < 1:
+            raise EngineError(f"iterations must be at least 1, got {config.iterations}")
+        torch.manual_seed(config.seed)
+        self.rng = np.random.default_rng(config.seed)
+        photos = load_photos(scene) if photos is None else photos
+        self.targets = [torch.tensor(p, dtype=torch.float32, device=self.device) / 255.0 for p in photos]
+        cameras, self.notes = training_cameras(scene, config.lens, tuple(config.calibrate))
+        index = {cam.id: i for i, cam in enumerate(cameras)}
+        poses = np.stack([im.cam_from_world for im in scene.images])
+        points = scene.points.xyz if scene.points is not None else None
+        self.rig = CameraRig(cameras, [index[im.camera_id] for im in scene.images], poses,
+                             scene_scale(poses, points), shared=config.shared_intrinsics).to(self.device)
+        n = len(scene.images)
+        self.test_ids = [i for i in range(n) if config.test_every > 0 and n > 1 and i % config.test_every == 0]
+        self.train_ids = [i for i in range(n) if i not in self.test_ids]
+        if not self.train_ids:
+            raise EngineError(f"test_every={config.test_every} holds out all {n} images; nothing left to train on")
+        self.background = torch.tensor(config.background, dtype=torch.float32, device=self.device)
+        self.rasterize = self._pick_rasterizer()
+        self.params = self._gaussian_params(initial_splats(scene, self.rig, config, self.rng))
+        self.optimizers = {name: torch.optim.Adam([p], lr=0.0, eps=1e-15) for name, p in self.params.items()}
+        self.camera_optimizer = self._camera_optimizer()
+        use_gsplat = self.rasterize.__module__.endswith("raster_gsplat")
+        self.densifier = (GsplatDensifier if use_gsplat else Densifier)(config.densify, self.rig.scene_scale)
+        self.step = 0
+        self.order: list[int] = []
+        self.curves: dict[str, list[dict[str, float]]] = {"train": [], "eval": []}
+        self.last_eval: dict[str, Any] = {}
+
+    # -- setup ----------------------------------------------------------------------------------------------------
+    def _pick_rasterizer(self) -> Callable:
+        from . import raster_gsplat, raster_torch
+
+        choice = self.config.rasterizer
+        if choice == "gsplat" or (choice == "auto" and self.device.type == "cuda" and raster_gsplat.available()):
+            if not raster_gsplat.available() or self.device.type != "cuda":
+                raise EngineError("the gsplat rasterizer needs a CUDA device and gsplat installed "
+                                  "(pip install -r requirements-gpu.txt)")
+            return raster_gsplat.rasterize
+        if choice not in ("auto", "torch", "gsplat"):
+            raise EngineError(f"unknown rasterizer {choice!r}; choose auto, torch or gsplat")
+        return raster_torch.rasterize
+
+    def _gaussian_params(self, splats: Splats) -> dict[str, torch.nn.Parameter]:
+        values = {"means": splats.means, "scales": splats.log_scales, "quats": splats.quats,
+                  "opacities": splats.opacity_logits, "sh0": splats.sh0, "shN": splats.shN}
+        return {k: torch.nn.Parameter(torch.from_numpy(np.ascontiguousarray(v)).to(self.device, torch.float32))
+                for k, v in values.items()}
+
+    def _camera_optimizer(self) -> torch.optim.Optimizer | None:
+        calibrate = set(self.config.calibrate)
+        if self.rig.distortion.shape[1] == 0:  # pinhole cameras only
+            calibrate.discard("distortion")
+        groups = []
+        for what, param in (("focal", self.rig.log_focal), ("pp", self.rig.pp), ("distortion", self.rig.distortion),
+                            ("pose", self.rig.pose)):
+            param.requires_grad_(what in calibrate)
+            if what in calibrate:
+                groups.append({"params": [param], "lr": 0.0, "name": what})
+        return GroupAdam(groups, lr=0.0) if groups else None
+
+    def _schedules(self) -> dict[str, Schedule]:
+        c = self.config
+        end = c.iterations
+        gauss = {name: Schedule(lr, 0, 0, end, 1.0) for name, lr in
+                 (("scales", c.lr_scales), ("quats", c.lr_quats), ("opacities", c.lr_opacities),
+                  ("sh0", c.lr_sh0), ("shN", c.lr_shN))}
+        gauss["means"] = Schedule(c.lr_means * self.rig.scene_scale, 0, 0, end, 0.01)
+        for what, lr in (("focal", c.lr_focal), ("pp", c.lr_pp), ("distortion", c.lr_distortion),
+                         ("pose", c.lr_pose)):
+            gauss[what] = Schedule(lr, c.calib_start, c.calib_ramp, end, c.calib_final)
+        return gauss
+
+    # -- rendering ------------------------------------------------------------------------------------------------
+    def render(self, image: int, xi: torch.Tensor | None = None, sh_degree: int | None = None):
+        """(render (H, W, 3), alpha, projected) of image `image`, optionally with pose twist `xi` instead of the
+        rig's."""
+        p = self.params
+        cam, params = self.rig.image_camera(image)
+        pose = self.rig.cam_from_world(image, xi)
+        opacities = torch.sigmoid(p["opacities"])
+        projected = project_gaussians(p["means"], p["quats"], p["scales"], opacities, cam.model, params, pose,
+                                      cam.width, cam.height)
+        centre = -pose[:3, :3].T @ pose[:3, 3]
+        degree = self.active_sh_degree() if sh_degree is None else sh_degree
+        colors = sh_colors(p["sh0"], p["shN"], degree, p["means"] - centre)
+        image_out, alpha = self.rasterize(projected, colors, opacities, cam.width, cam.height, self.background)
+        return image_out, alpha, projected
+
+    def camera_every(self) -> int:
+        """Steps per camera update: shared intrinsics need gradients from many views to be more than noise."""
+        if self.config.camera_every > 0:
+            return self.config.camera_every
+        return max(1, math.ceil(len(self.train_ids) / max(self.config.batch_size, 1)))
+
+    def active_sh_degree(self) -> int:
+        return min(self.config.sh_degree, self.step // max(self.config.sh_every, 1))
+
+    def gaussian_count(self) -> int:
+        return len(self.params["means"])
+
+    # -- one step -------------------------------------------------------------------------------------------------
+    def _next_batch(self) -> list[int]:
+        batch = []
+        while len(batch) < min(self.config.batch_size, len(self.train_ids)):
+            if not self.order:
+                self.order = [int(i) for i in self.rng.permutation(self.train_ids)]
+            batch.append(self.order.pop())
+        return batch
+
+    def train_step(self, loss_fn: Callable = metrics.photometric_loss) -> dict[str, float]:
+        step = self.step + 1
+        schedules = self._schedules()
+        for name, opt in self.optimizers.items():
+            opt.param_groups[0]["lr"] = schedules[name](step)
+        if self.camera_optimizer is not None:
+            for group in self.camera_optimizer.param_groups:
+                group["lr"] = schedules[group["name"]](step)
+        batch = self._next_batch()
+        total, psnrs, views = 0.0, [], []
+        for image in batch:
+            render, _, projected = self.render(image)
+            projected.means2d.retain_grad()
+            loss = loss_fn(render, self.targets[image], self.config.ssim_weight) / len(batch)
+            if not torch.isfinite(loss):
+                where = f"last good checkpoint {self.checkpoint} kept" if self.checkpoint is not None and \
+                    self.checkpoint.is_file() else "no checkpoint was written yet"
+                raise TrainingDiverged(f"training diverged at step {step} (image {self.scene.images[image].name!r}): "
+                                       f"the loss is {float(loss.detach())}; {where}; nothing else was written")
+            loss.backward()
+            total += float(loss.detach())
+            psnrs.append(metrics.psnr(render.detach(), self.targets[image]))
+            views.append((projected, self.targets[image].shape))
+        for opt in self.optimizers.values():
+            opt.step()
+        if self.camera_optimizer is not None and step % self.camera_every() == 0:
+            if any(g["lr"] > 0 for g in self.camera_optimizer.param_groups):
+                self.camera_optimizer.step()
+            self.camera_optimizer.zero_grad(set_to_none=True)
+        self._densify(step, views)
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        self.step = step
+        return {"step": step, "loss": total, "psnr": float(np.mean(psnrs)), "gaussians": self.gaussian_count()}
+
+    def _densify(self, step: int, views: list) -> None:
+        if isinstance(self.densifier, GsplatDensifier):
+            grads = torch.stack([pr.means2d.grad for pr, _ in views])
+            proxy = torch.zeros_like(grads)
+            proxy.grad = grads
+            height, width = views[0][1][:2]
+            info = {"means2d": proxy, "radii": torch.stack([pr.radii for pr, _ in views]), "width": width,
+                    "height": height, "n_cameras": len(views), "gaussian_ids": None}
+            self.densifier.step(step, self.params, self.optimizers, info)
+        else:
+            n = self.gaussian_count()
+            for pr, shape in views:
+                self.densifier.accumulate(n, pr.means2d.grad, pr.visible, shape[1], shape[0], len(views))
+            self.densifier.step(step, self.params, self.optimizers)
+
+    # -- evaluation -----------------------------------------------------------------------------------------------
+    def refine_test_pose(self, image: int) -> None:
+        """Fit the pose of held-out image `image` to the frozen splats (photometric loss, Adam, cosine decay)."""
+        steps = self.config.eval_pose_steps
+        if steps <= 0:
+            return
+        xi = self.rig.pose[image].detach().clone().requires_grad_(True)
+        opt = torch.optim.Adam([xi], lr=self.config.eval_pose_lr)
+        for k in range(steps):
+            opt.param_groups[0]["lr"] = self.config.eval_pose_lr * 0.5 * (1 + math.cos(math.pi * k / steps))
+            render, _, _ = self.render(image, xi)
+            loss = metrics.photometric_loss(render, self.targets[image], self.config.ssim_weight)
+            (xi.grad,) = torch.autograd.grad(loss, [xi])  # gradients reach nothing else
+            opt.step()
+        with torch.no_grad():
+            if torch.isfinite(xi).all():
+                self.rig.pose[image] = xi.detach()
+
+    def evaluate(self, refine: bool = True) -> dict[str, float]:
+        """PSNR / SSIM on held-out views (after pose refinement) and on training views."""
+        row: dict[str, float] = {"step": self.step}
+        for split, ids in (("test", self.test_ids), ("train", self.train_ids)):
+            if not ids:
+                continue
+            values = []
+            for image in ids:
+                if split == "test" and refine:
+                    self.refine_test_pose(image)
+                with torch.no_grad():
+                    render = self.render(image)[0]
+                    values.append((metrics.psnr(render, self.targets[image]),
+                                   float(metrics.ssim(render.clamp(0, 1), self.targets[image]))))
+            row[f"{split}_psnr"] = float(np.mean([v[0] for v in values]))
+            row[f"{split}_ssim"] = float(np.mean([v[1] for v in values]))
+        row["gaussians"] = self.gaussian_count()
+        cams = self.rig.export_cameras()
+        row["focal"] = float(cams[0].split()[0])
+        self.curves["eval"].append(row)
+        self.last_eval = row
+        return row
+
+    # -- checkpoints ----------------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"version": CHECKPOINT_VERSION, "step": self.step,
+                "images": [im.name for im in self.scene.images],
+                "cameras": [(c.id, c.model) for c in self.rig.cameras],
+                "config": dataclasses.asdict(self.config),
+                "params": {k: v.detach().cpu() for k, v in self.params.items()},
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                "rig": {k: v.cpu() for k, v in self.rig.state_dict().items()},
+                "camera_optimizer": None if self.camera_optimizer is None else self.camera_optimizer.state_dict(),
+                "densifier": self.densifier.state_dict(), "order": list(self.order),
+                "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                "curves": self.curves, "last_eval": self.last_eval}
+
+    def save_checkpoint(self) -> None:
+        if self.checkpoint is None:
+            return
+        if not all(torch.isfinite(v).all() for v in self.params.values()):
+            raise TrainingDiverged(f"step {self.step}: the splats hold NaN or infinite values; the last good "
+                                   f"checkpoint {self.checkpoint} is kept")
+        with atomic_file(self.checkpoint) as f:
+            torch.save(self.state(), f)
+
+    def load_checkpoint(self) -> None:
+        path = self.checkpoint
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as exc:  # torch raises many types for a damaged file
+            raise EngineError(f"{path}: not a readable training checkpoint ({exc})") from None
+        if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+            raise EngineError(f"{path}: not a training checkpoint of this engine (version {CHECKPOINT_VERSION})")
+        names = [im.name for im in self.scene.images]
+        if state["images"] != names:
+            raise EngineError(f"{path}: the checkpoint was made for other images ({len(state['images'])} images, "
+                              f"first {state['images'][:3]}); this bundle has {len(names)}, first {names[:3]}")
+        if state["cameras"] != [(c.id, c.model) for c in self.rig.cameras]:
+            raise EngineError(f"{path}: the checkpoint's cameras {state['cameras']} differ from this run's "
+                              f"{[(c.id, c.model) for c in self.rig.cameras]} (same --lens?)")
+        self.params = {k: torch.nn.Parameter(v.to(self.device)) for k, v in state["params"].items()}
+        self.optimizers = {k: torch.optim.Adam([p], lr=0.0, eps=1e-15) for k, p in self.params.items()}
+        for k, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][k])
+        self.rig.load_state_dict(state["rig"])
+        if self.camera_optimizer is not None and state["camera_optimizer"] is not None:
+            self.camera_optimizer.load_state_dict(state["camera_optimizer"])
+        self.densifier.load_state_dict(state["densifier"])
+        self.step, self.order = int(state["step"]), list(state["order"])
+        self.rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        self.curves, self.last_eval = state["curves"], state["last_eval"]
+
+    # -- results --------------------------------------------------------------------------------------------------
+    def splats(self) -> Splats:
+        p = {k: v.detach().cpu().numpy() for k, v in self.params.items()}
+        return Splats(p["means"], p["quats"], p["scales"], p["opacities"], p["sh0"], p["shN"])
+
+    def result(self) -> TrainResult:
+        cams = {cam.id: cam for cam in self.rig.export_cameras()}
+        poses = self.rig.export_poses()
+        keep_poses = "pose" not in self.config.calibrate
+        out_poses = {im.id: (im.cam_from_world if keep_poses else poses[i]) for i, im in enumerate(self.scene.images)}
+        facts = {"iterations": self.step, "gaussians": self.gaussian_count(),
+                 "calibrated": list(self.config.calibrate), "held_out": [self.scene.images[i].name
+                                                                        for i in self.test_ids],
+                 **{k: v for k, v in self.last_eval.items() if k != "step"}}
+        return TrainResult(self.splats(), cams, out_poses, self.curves, facts, self.notes)
+
+
+def train(scene: Scene, config: TrainConfig, progress: Progress | None = None, checkpoint: Path | None = None,
+          resume: bool = False, photos: list[np.ndarray] | None = None,
+          loss_fn: Callable = metrics.photometric_loss) -> TrainResult:
+    """Train splats (and calibrate cameras) on `scene`; see the module docstring. With `checkpoint`, state is saved
+    there every `checkpoint_every` steps, on cancel, and at the end; with `resume`, training continues from it."""
+    progress = progress or Progress("none")
+    trainer = Trainer(scene, config, checkpoint, photos)
+    for note in trainer.notes:
+        progress.log(note)
+    if resume and checkpoint is not None and Path(checkpoint).is_file():
+        trainer.load_checkpoint()
+        progress.log(f"resumed from {checkpoint} at step {trainer.step}")
+    progress.log(f"{trainer.gaussian_count()} splats, {len(trainer.train_ids)} training and {len(trainer.test_ids)} "
+                 f"held-out views, rasterizer {trainer.rasterize.__module__.rsplit('.', 1)[-1]}, "
+                 f"calibrating {', '.join(config.calibrate) or 'nothing'}")
+    progress.stage("train", total=config.iterations)
+    if trainer.step:
+        progress.advance(trainer.step)
+    started = time.monotonic()
+    try:
+        while trainer.step < config.iterations:
+            row = trainer.train_step(loss_fn)
+            step = trainer.step
+            if step % max(config.log_every, 1) == 0 or step == config.iterations:
+                trainer.curves["train"].append(row)
+            progress.advance(1, f"PSNR {row['psnr']:.2f} dB, {row['gaussians']} splats")
+            if config.eval_every > 0 and step % config.eval_every == 0 and step < config.iterations:
+                _log_eval(progress, trainer.evaluate(), trainer)
+            if config.checkpoint_every > 0 and step % config.checkpoint_every == 0:
+                trainer.save_checkpoint()
+    except (KeyboardInterrupt, CancelledError):
+        trainer.save_checkpoint()
+        raise
+    _log_eval(progress, trainer.evaluate(), trainer)
+    trainer.save_checkpoint()
+    result = trainer.result()
+    result.metrics["seconds"] = time.monotonic() - started
+    return result
+
+
+def _log_eval(progress: Progress, row: dict[str, float], trainer: Trainer) -> None:
+    parts = [f"step {int(row['step'])}"]
+    for split in ("test", "train"):
+        if f"{split}_psnr" in row:
+            parts.append(f"{split} PSNR {row[f'{split}_psnr']:.2f} dB SSIM {row[f'{split}_ssim']:.4f}")
+    parts.append(f"{int(row['gaussians'])} splats, focal {row['focal']:.2f} px")
+    progress.log(", ".join(parts))
