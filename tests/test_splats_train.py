@@ -200,7 +200,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(room, tmp_path, one_threa
     with pytest.raises(TrainingDiverged, match=r"step 13 .*loss is nan.*last good checkpoint .*run\.train\.pt kept"):
         train(read_bundle(room), small_config(iterations=40, checkpoint_every=5), checkpoint=checkpoint,
               loss_fn=poisoned)
-    state = torch.load(checkpoint, weights_only=False)
+    state = torch.load(checkpoint, weights_only=True)
     assert state["step"] == 10 and all(torch.isfinite(v).all() for v in state["params"].values())
 
 
@@ -224,7 +224,7 @@ def test_cancel_keeps_outputs_and_resume_finishes(room, tmp_path):
     assert events(rest)[-1] == {"event": "error", "kind": "cancelled", "message": "cancelled by the user"}
     assert (bundle / "scene.json").read_bytes() == before and not (bundle / "splats.ply").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "bundle.train.pt"]
-    saved = torch.load(tmp_path / "bundle.train.pt", weights_only=False)["step"]
+    saved = torch.load(tmp_path / "bundle.train.pt", weights_only=True)["step"]
     assert saved >= 10
     proc = run_engine("train", bundle, "--iters", saved + 3, "--resume", "--eval-every", "0", "--threads", "1")
     assert proc.returncode == 0, proc.stderr[-2000:]

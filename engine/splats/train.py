@@ -432,7 +432,7 @@ class Trainer:
     def load_checkpoint(self) -> None:
         path = self.checkpoint
         try:
-            state = torch.load(path, map_location=self.device, weights_only=False)
+            state = torch.load(path, map_location=self.device, weights_only=True)  # never run code from a file
         except Exception as exc:  # torch raises many types for a damaged file
             raise EngineError(f"{path}: not a readable training checkpoint ({exc})") from None
         if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
