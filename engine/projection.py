@@ -142,7 +142,7 @@ def _distort_plane(model: CameraModel, extra, x, y):
     return (distort_equidistant if model.fisheye else distort_normalized)(model.name, extra, x, y)
 
 
-def _distortion_jacobian(model: CameraModel, extra, x: torch.Tensor, y: torch.Tensor):
+def distortion_jacobian(model: CameraModel, extra, x: torch.Tensor, y: torch.Tensor):
     """(x_d, y_d, (j00, j01, j10, j11)) of the plane distortion at (x, y)."""
     one, zero = torch.ones_like(x), torch.zeros_like(x)
     jx, jy = _distort_plane(model, extra, _Jet(x, one, zero), _Jet(y, zero, one))
@@ -212,7 +212,7 @@ def _undistort_plane(model: CameraModel, extra, limit: torch.Tensor, xd: torch.T
         tx, ty = xd.detach(), yd.detach()
         done_res = 2 * eps * (1.0 + torch.hypot(tx, ty))
         x, y = _radial_initial_guess(model, ex, limit, tx, ty)
-        fx, fy, jac = _distortion_jacobian(model, ex, x, y)
+        fx, fy, jac = distortion_jacobian(model, ex, x, y)
         rx, ry = fx - tx, fy - ty
         res = torch.hypot(rx, ry)
         sx, sy = _newton_step(jac, rx, ry, eps)
@@ -228,7 +228,7 @@ def _undistort_plane(model: CameraModel, extra, limit: torch.Tensor, xd: torch.T
             inside = torch.clamp(limit / torch.hypot(nx, ny), max=1.0).nan_to_num(1.0)
             nx, ny = nx * inside, ny * inside
             moved = torch.hypot(nx - x, ny - y)
-            fx, fy, cjac = _distortion_jacobian(model, ex, nx, ny)
+            fx, fy, cjac = distortion_jacobian(model, ex, nx, ny)
             crx, cry = fx - tx, fy - ty
             cres = torch.hypot(crx, cry)
             accept = active & (cres < res)

@@ -233,8 +233,8 @@ def test_radius_limit_matches_closed_form():
 ])
 def test_non_invertible_coefficients_terminate_and_are_reported(name, params, monkeypatch):
     calls = []
-    jacobian = projection._distortion_jacobian
-    monkeypatch.setattr(projection, "_distortion_jacobian", lambda *a: calls.append(1) or jacobian(*a))
+    jacobian = projection.distortion_jacobian
+    monkeypatch.setattr(projection, "distortion_jacobian", lambda *a: calls.append(1) or jacobian(*a))
     pixels = pixel_grid(300, 200, 41)
     p = f64(params)
     rays, valid = projection.unproject_directions(name, p, pixels)
@@ -387,7 +387,7 @@ def test_forward_mode_jacobian_matches_autograd(name):
     extra = tuple(torch.tensor(e, dtype=torch.float64) for e in EXTRA[name])
     x = torch.tensor([0.3, -0.7, 0.05], dtype=torch.float64)
     y = torch.tensor([-0.4, 0.2, 0.9], dtype=torch.float64)
-    _, _, (a, b, c, d) = projection._distortion_jacobian(model, extra, x, y)
+    _, _, (a, b, c, d) = projection.distortion_jacobian(model, extra, x, y)
     for i in range(3):
         jac = torch.autograd.functional.jacobian(
             lambda v: torch.stack(projection._distort_plane(model, extra, v[0], v[1])), torch.stack([x[i], y[i]]))

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from ..camera_models import distort_equidistant, distort_normalized, get_model
-from ..projection import _distortion_jacobian, radius_limit, unproject
+from ..projection import distortion_jacobian, radius_limit, unproject
 
 EPS2D = 0.3  # px^2 added to every 2D covariance (gsplat's default; a one-pixel low-pass filter)
 NEAR = 0.01  # camera z below which splats are dropped (gsplat's near_plane)
@@ -105,7 +105,7 @@ def project_gaussians(means: torch.Tensor, quats: torch.Tensor, log_scales: torc
     if model.fisheye:
         a, b, plane_jac, theta = _equidistant(p)
         xd, yd = distort_equidistant(model_name, extra, a, b)
-        _, _, d = _distortion_jacobian(model, extra, a, b)
+        _, _, d = distortion_jacobian(model, extra, a, b)
         inside_limit = theta.detach() < limit
     else:
         x, y = X / z, Y / z
@@ -117,7 +117,7 @@ def project_gaussians(means: torch.Tensor, quats: torch.Tensor, log_scales: torc
         xc, yc = xc * shrink, yc * shrink
         zero = torch.zeros_like(z)
         plane_jac = torch.stack([1 / z, zero, -xc / z, zero, 1 / z, -yc / z], -1).reshape(-1, 2, 3)
-        _, _, d = _distortion_jacobian(model, extra, xc, yc)
+        _, _, d = distortion_jacobian(model, extra, xc, yc)
         inside_limit = torch.hypot(x, y).detach() < limit
     d = torch.stack(d, -1).reshape(-1, 2, 2)
     focal = torch.stack([fx, fy])
