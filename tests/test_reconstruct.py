@@ -215,7 +215,8 @@ def test_cancel_stops_colmap_and_leaves_nothing(truth, tmp_path):
     assert json.loads(rest.splitlines()[-1]) == {"event": "error", "kind": "cancelled",
                                                  "message": "cancelled by the user"}
     _nothing_left(out)
-    assert list(temp.iterdir()) == []
+    # COLMAP's own log files (glog writes them to TMPDIR) are not ours to clean up.
+    assert [p for p in temp.iterdir() if ".log." not in p.name] == []
 
 
 # ------------------------------------------------------------------------------------------------ bad input

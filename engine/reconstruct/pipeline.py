@@ -14,12 +14,15 @@ The bundle is written atomically; photos that needed an upright copy and decoded
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from ..align.graph import make_pairs
 from ..atomic import atomic_dir
@@ -122,6 +125,27 @@ def _colmap(photos: list[Photo], pairs: list[tuple[int, int]], stage: Path, work
             "points": 0 if scene.points is None else len(scene.points)}
 
 
+@contextlib.contextmanager
+def _work_dir(patience_s: float = 10.0) -> Iterator[str]:
+    """A temporary work folder, removed afterwards. After a cancel COLMAP's reader threads can still write into it
+    for a moment, so removal is retried for up to `patience_s` seconds."""
+    tmp = tempfile.mkdtemp(prefix="unposed-reconstruct-")
+    try:
+        yield tmp
+    finally:
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                shutil.rmtree(tmp)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+
+
 def reconstruct(source: Input, out: str | os.PathLike, options: ReconstructOptions | None = None,
                 progress: Progress | None = None) -> dict[str, Any]:
     """Reconstruct `source` into a scene bundle at `out` (replaced only if it is a bundle); a summary dict.
@@ -138,7 +162,7 @@ def reconstruct(source: Input, out: str | os.PathLike, options: ReconstructOptio
     if options.iterations < 1:
         raise EngineError(f"iterations must be at least 1, got {options.iterations}")
     backend, weights = choose_backend(options.backend, options.weights, progress)
-    with atomic_dir(out) as stage, tempfile.TemporaryDirectory(prefix="unposed-reconstruct-") as tmp:
+    with atomic_dir(out) as stage, _work_dir() as tmp:
         photos, ordered = _read_input(source, stage / PHOTOS_DIR, progress)
         summary = None
         if backend == "pointmap":
