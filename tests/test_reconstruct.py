@@ -29,7 +29,7 @@ from engine.reconstruct.compare import compare
 from engine.reconstruct.images import ImageInputError, extract_frames, find_photos
 from engine.reconstruct.pipeline import Input, ReconstructOptions, choose_backend, pair_graph, reconstruct
 
-COLMAP = ReconstructOptions(backend="colmap")
+COLMAP = ReconstructOptions(backend="colmap", colmap=ColmapOptions(threads=1))  # one thread: repeatable
 _RENDERS: dict[str, Path] = {}  # shared with test_reconstruct_operator.py (which imports the fixture)
 
 
