@@ -15,6 +15,7 @@ import bpy
 import numpy as np
 
 from ..engine.ply import Points
+from .modifiers import modifier_input
 
 COLOR_ATTR = "Col"  # not "color": Cycles renders an attribute of that name on point clouds black (5.0.1, checked)
 CONFIDENCE_ATTR = "confidence"
@@ -121,12 +122,7 @@ def points_object(name: str, points: Points, radius: float) -> bpy.types.Object:
 
 
 def _radius_key(obj: bpy.types.Object) -> tuple[bpy.types.NodesModifier, str]:
-    for mod in obj.modifiers:
-        if mod.type == "NODES" and mod.node_group is not None and mod.node_group.get(POINTS_TAG):
-            for item in mod.node_group.interface.items_tree:
-                if item.item_type == "SOCKET" and item.in_out == "INPUT" and item.name == RADIUS_INPUT:
-                    return mod, item.identifier
-    raise ValueError(f"object {obj.name!r} has no Unposed point modifier")
+    return modifier_input(obj, POINTS_TAG, RADIUS_INPUT)
 
 
 def set_radius(obj: bpy.types.Object, radius: float) -> None:

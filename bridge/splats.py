@@ -29,6 +29,7 @@ import numpy as np
 
 from ..engine.pose import rotation_to_quat
 from ..engine.splats.ply import SH_C0, Splats
+from .modifiers import modifier_input
 
 SPLATS_TAG = "unposed_splats"  # object, node group and material custom property marking Unposed splats
 NODE_GROUP_NAME = "Unposed Splats"
@@ -130,12 +131,7 @@ def is_splats(obj: bpy.types.Object | None) -> bool:
 
 def _display_limit_input(obj: bpy.types.Object) -> tuple[bpy.types.NodesModifier, str]:
     """The splat modifier of `obj` and the key of its display limit input."""
-    for mod in obj.modifiers:
-        if mod.type == "NODES" and mod.node_group is not None and mod.node_group.get(SPLATS_TAG):
-            for item in mod.node_group.interface.items_tree:
-                if item.item_type == "SOCKET" and item.in_out == "INPUT" and item.name == LIMIT_INPUT:
-                    return mod, item.identifier
-    raise ValueError(f"object {obj.name!r} has no Unposed splat modifier")
+    return modifier_input(obj, SPLATS_TAG, LIMIT_INPUT)
 
 
 def set_display_limit(obj: bpy.types.Object, limit: int) -> None:
