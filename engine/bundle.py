@@ -3,7 +3,8 @@
 A bundle is a folder:
     scene.json   format name/version, cameras, images (cam_from_world, OpenCV axes), units, provenance
     points.ply   optional coloured point cloud (see engine.ply)
-    ...          other files named from scene.json (photos, splats, depth maps), by paths relative to the folder
+    ...          other files named from scene.json (photos, splats, depth maps, LENS_FIELD networks), by paths
+                 relative to the folder
 
 See docs/CONVENTIONS.md for the full field list. Reading validates everything and names the field at fault;
 writing is atomic (a half-written bundle never appears under the final name).
@@ -11,8 +12,10 @@ writing is atomic (a half-written bundle never appears under the final name).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_dir
-from .camera_models import check_params, get_model
+from .camera_models import check_params, get_model, lens_field_grid_size
 from .errors import BundleError, CameraModelError
 from .ply import Points, read_points, write_points
 
@@ -28,6 +31,9 @@ FORMAT = "unposed-scene"
 VERSION = 1
 SCENE_FILE = "scene.json"
 POINTS_FILE = "points.ply"
+LENS_NETWORK_FORMAT = "unposed-lens-field"  # `cameras[].lens_network` files (engine.lens_field.save_network)
+LENS_NETWORK_VERSION = 1
+LENS_NETWORK_DIR = "lens"  # where write_bundle puts networks that come from outside the bundle
 
 
 @dataclass
@@ -37,6 +43,7 @@ class Camera:
     width: int
     height: int
     params: list[float]
+    lens_network: Path | None = None  # LENS_FIELD only: its network (.npz); absolute in memory, relative on disk
 
     def split(self) -> tuple[float, float, float, float, tuple[float, ...]]:
         """(fx, fy, cx, cy, distortion params) in COLMAP's pixel convention."""
@@ -71,7 +78,6 @@ class Scene:
         return self.cameras[image.camera_id]
 
 
-_CAMERA_KEYS = {"id", "model", "width", "height", "params"}
 _IMAGE_KEYS = {"id", "name", "path", "camera_id", "cam_from_world"}
 _TOP_KEYS = {"format", "version", "units", "cameras", "images", "points", "provenance"}
 
@@ -104,7 +110,50 @@ def _field(obj: dict, key: str, kind: type | tuple, where: str) -> Any:
     return value
 
 
-def _parse_camera(obj: Any, where: str) -> Camera:
+def read_lens_network(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of a lens network file, checked to be one (numpy only: Blender reads bundles without torch).
+
+    An .npz (read with allow_pickle=False) holding `format` = LENS_NETWORK_FORMAT, `version`, `grid` (n), `radius`
+    (R), `hidden`, `blocks`, `radial_extent` and the weights as `param:<name>` arrays (`engine.lens_field`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BundleError(f"{path}: lens network file not found")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except AttributeError:  # np.load gave a plain array (.npy), which has no context manager
+        raise BundleError(f"{path}: not a lens network file (an .npy array, expected an .npz archive)") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise BundleError(f"{path}: not a lens network file ({exc})") from None
+    fmt, version = arrays.get("format"), arrays.get("version")
+    if fmt is None or fmt.dtype.kind != "U" or str(fmt) != LENS_NETWORK_FORMAT:
+        raise BundleError(f"{path}: not a lens network file (field 'format' is "
+                          f"{None if fmt is None else fmt.tolist()!r}, expected {LENS_NETWORK_FORMAT!r})")
+    if version is None or version.dtype.kind not in "iu" or int(version) != LENS_NETWORK_VERSION:
+        raise BundleError(f"{path}: unsupported lens network 'version' "
+                          f"{None if version is None else version.tolist()!r} (this engine reads "
+                          f"{LENS_NETWORK_VERSION})")
+    for key, kind in (("grid", "iu"), ("radius", "f"), ("hidden", "iu"), ("blocks", "iu"), ("radial_extent", "f")):
+        value = arrays.get(key)
+        if value is None or value.shape != () or value.dtype.kind not in kind:
+            what = "number" if kind == "f" else "whole number"
+            raise BundleError(f"{path}: lens network field {key!r} missing or not a {what}")
+    return arrays
+
+
+def _check_lens_network(path: Path, cam: Camera, where: str) -> None:
+    """`path` is a lens network for LENS_FIELD camera `cam`: same grid size n and radius R."""
+    if cam.model != "LENS_FIELD":
+        raise BundleError(f"{where}: lens_network is only for LENS_FIELD cameras, this one is {cam.model}")
+    arrays = read_lens_network(path)
+    n, radius = lens_field_grid_size(len(cam.params)), cam.params[4]
+    if int(arrays["grid"]) != n or not math.isclose(float(arrays["radius"]), radius, rel_tol=1e-9):
+        raise BundleError(f"{where}: lens network {path} has a {int(arrays['grid'])}x{int(arrays['grid'])} grid of "
+                          f"radius {float(arrays['radius'])}, the camera a {n}x{n} grid of radius {radius}")
+
+
+def _parse_camera(obj: Any, where: str, root: Path) -> Camera:
     if not isinstance(obj, dict):
         raise BundleError(f"{where}: expected an object")
     cam = Camera(id=_field(obj, "id", int, where), model=_field(obj, "model", str, where),
@@ -117,6 +166,12 @@ def _parse_camera(obj: Any, where: str) -> Camera:
     except CameraModelError as exc:
         raise BundleError(f"{where}: {exc}") from None
     cam.params = [float(p) for p in cam.params]
+    network = obj.get("lens_network")
+    if network is not None:
+        if not isinstance(network, str):
+            raise BundleError(f"{where}.lens_network: expected a relative path string or null, got {network!r}")
+        cam.lens_network = (root / network).resolve()
+        _check_lens_network(cam.lens_network, cam, where)
     return cam
 
 
@@ -159,7 +214,7 @@ def read_bundle(path: str | os.PathLike, check_files: bool = True) -> Scene:
         raise BundleError(f"{where}: unsupported 'version' {version!r} (this engine reads 1..{VERSION})")
     cameras: dict[int, Camera] = {}
     for i, obj in enumerate(_field(doc, "cameras", list, where)):
-        cam = _parse_camera(obj, f"{where}: cameras[{i}]")
+        cam = _parse_camera(obj, f"{where}: cameras[{i}]", root)
         if cam.id in cameras:
             raise BundleError(f"{where}: cameras[{i}].id {cam.id} is used twice")
         cameras[cam.id] = cam
@@ -202,17 +257,29 @@ def write_bundle(scene: Scene, path: str | os.PathLike, extra_files: dict[str, P
 
     `extra_files` maps names inside the bundle to files to copy in (splats, depth maps...). Photos stay where
     they are and are referenced by relative paths; photos that live inside an existing bundle at `path` are
-    carried over into the new one.
+    carried over into the new one. Lens networks (`Camera.lens_network`) are part of the bundle: one inside
+    `path` keeps its name, one elsewhere is copied to `lens/camera_<id>.npz`.
     """
     final = Path(path).resolve()
     doc = {"format": FORMAT, "version": VERSION, "units": scene.units, "cameras": [], "images": [],
            "points": POINTS_FILE if scene.points is not None else None, "provenance": scene.provenance,
            **scene.extras}
+    inside: list[Path] = []
+    copies: dict[str, Path] = {}
     for cam in scene.cameras.values():
         check_params(cam.model, cam.params)
-        doc["cameras"].append({"id": int(cam.id), "model": cam.model, "width": int(cam.width),
-                               "height": int(cam.height), "params": [float(p) for p in cam.params]})
-    inside: list[Path] = []
+        entry = {"id": int(cam.id), "model": cam.model, "width": int(cam.width), "height": int(cam.height),
+                 "params": [float(p) for p in cam.params]}
+        if cam.lens_network is not None:
+            network = Path(cam.lens_network).resolve()
+            _check_lens_network(network, cam, f"camera {cam.id}")
+            if final in network.parents:
+                inside.append(network)
+                entry["lens_network"] = _relative(network, final)
+            else:
+                entry["lens_network"] = f"{LENS_NETWORK_DIR}/camera_{int(cam.id)}.npz"
+                copies[entry["lens_network"]] = network
+        doc["cameras"].append(entry)
     for image in scene.images:
         if image.camera_id not in scene.cameras:
             raise BundleError(f"image {image.name!r}: camera_id {image.camera_id} names no camera")
@@ -234,7 +301,7 @@ def write_bundle(scene: Scene, path: str | os.PathLike, extra_files: dict[str, P
                 os.link(src, dst)
             except OSError:
                 shutil.copy2(src, dst)
-        for name, src in (extra_files or {}).items():
+        for name, src in {**copies, **(extra_files or {})}.items():
             dst = stage / name
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst)

@@ -1,8 +1,16 @@
-"""Camera model registry: COLMAP's model names, ids and parameter orders (no torch, no bpy).
+"""Camera model registry: COLMAP's model names, ids and parameter orders, plus Unposed's own LENS_FIELD (no torch,
+no bpy).
 
 Conventions (see docs/CONVENTIONS.md): pixel centres at +0.5, so a centred principal point is
 (W/2, H/2); camera axes are OpenCV's (x right, y down, z forward). The projection maths lives in
 `engine.projection` (torch); this module only says what the parameters are.
+
+LENS_FIELD (id 100, not a COLMAP model, so not in `MODELS`) is the learned lens of `engine.lens_field`: the
+equidistant plane (a, b) = theta (X, Y) / |(X, Y)| displaced by a field D, bilinear between the nodes of an n x n
+grid over [-R, R]^2, then u = fx (a + D_x) + cx, v = fy (b + D_y) + cy. Its parameter vector has a variable length,
+`[fx, fy, cx, cy, R, n, d_0 ... d_{2 n^2 - 1}]` with d row-major over (grid row y, grid column x), each node
+(dx, dy) in radians (all zeros: the equidistant lens). Its `params` / `extra_params` name the fixed head only
+(`extra_params` = (R, n)); `split` returns every value after cy as the extra (R, n, d...).
 """
 from __future__ import annotations
 
@@ -18,9 +26,14 @@ class CameraModel:
     model_id: int  # COLMAP's numeric id (used by its binary format)
     params: tuple[str, ...]  # parameter names in COLMAP's order
     fisheye: bool = False
+    variable: bool = False  # `params` names a fixed head; more values follow (LENS_FIELD: 2 n^2 displacements)
 
     @property
     def num_params(self) -> int:
+        """The parameter count; a CameraModelError for LENS_FIELD, whose count depends on its grid."""
+        if self.variable:
+            raise CameraModelError(f"{self.name} has a variable number of parameters ({LENS_FIELD_LAYOUT}); "
+                                   f"use lens_field_length(n)")
         return len(self.params)
 
     @property
@@ -30,7 +43,7 @@ class CameraModel:
 
     @property
     def extra_params(self) -> tuple[str, ...]:
-        """Distortion parameter names (everything after focal and principal point)."""
+        """Distortion parameter names (everything after focal and principal point; LENS_FIELD: its head (R, n))."""
         return self.params[3:] if self.shared_focal else self.params[4:]
 
     def split(self, params: Sequence[float]) -> tuple[float, float, float, float, tuple[float, ...]]:
@@ -43,7 +56,13 @@ class CameraModel:
         return float(fx), float(fy), float(cx), float(cy), tuple(float(e) for e in extra)
 
     def join(self, fx: float, fy: float, cx: float, cy: float, extra: Sequence[float] = ()) -> list[float]:
-        """Parameter vector in this model's order; for shared-focal models fx and fy must agree."""
+        """Parameter vector in this model's order; for shared-focal models fx and fy must agree.
+
+        Missing distortion parameters are zero; LENS_FIELD needs its whole extra (R, n, d...)."""
+        if self.variable:
+            params = [float(fx), float(fy), float(cx), float(cy), *map(float, extra)]
+            check_params(self.name, params)
+            return params
         extra = list(extra) + [0.0] * (len(self.extra_params) - len(extra))
         if len(extra) != len(self.extra_params):
             raise CameraModelError(f"{self.name} takes {len(self.extra_params)} distortion parameters "
@@ -68,33 +87,68 @@ _MODELS = [
     CameraModel("THIN_PRISM_FISHEYE", 10, ("fx", "fy", "cx", "cy", "k1", "k2", "p1", "p2", "k3", "k4", "sx1", "sy1"),
                 fisheye=True),
 ]
-MODELS: dict[str, CameraModel] = {m.name: m for m in _MODELS}
+MODELS: dict[str, CameraModel] = {m.name: m for m in _MODELS}  # COLMAP's models
 MODELS_BY_ID: dict[int, CameraModel] = {m.model_id: m for m in _MODELS}
+
+LENS_FIELD = CameraModel("LENS_FIELD", 100, ("fx", "fy", "cx", "cy", "R", "n"), fisheye=True, variable=True)
+LENS_FIELD_LAYOUT = "fx, fy, cx, cy, R, n, then 2 n^2 displacements"
+OWN_MODELS: dict[str, CameraModel] = {LENS_FIELD.name: LENS_FIELD}  # Unposed's models (not COLMAP's)
 
 
 def get_model(name: str) -> CameraModel:
-    """The model called `name` (COLMAP spelling), or a CameraModelError listing the known ones."""
-    try:
-        return MODELS[name]
-    except KeyError:
-        raise CameraModelError(f"unknown camera model {name!r}; known models: {', '.join(MODELS)}") from None
+    """The model called `name` (COLMAP spelling, or LENS_FIELD), or a CameraModelError listing the known ones."""
+    model = MODELS.get(name) or OWN_MODELS.get(name)
+    if model is None:
+        raise CameraModelError(f"unknown camera model {name!r}; known models: {', '.join([*MODELS, *OWN_MODELS])}")
+    return model
+
+
+def lens_field_length(n: int) -> int:
+    """Length of a LENS_FIELD parameter vector with an n x n grid: 6 + 2 n^2."""
+    return 6 + 2 * n * n
+
+
+def lens_field_grid_size(length: int) -> int:
+    """n of a LENS_FIELD parameter vector of `length` values, or a CameraModelError if no n >= 2 fits."""
+    n = int(round(((length - 6) / 2) ** 0.5)) if length >= 6 else 0
+    if n < 2 or lens_field_length(n) != length:
+        raise CameraModelError(f"LENS_FIELD takes 6 + 2 n^2 parameters ({LENS_FIELD_LAYOUT}) with n >= 2 "
+                               f"(e.g. {lens_field_length(17)} for n = 17), got {length}")
+    return n
+
+
+def _param_name(model: CameraModel, index: int) -> str:
+    return model.params[index] if index < len(model.params) else f"d_{index - len(model.params)}"
 
 
 def check_params(name: str, params: Sequence[float]) -> None:
-    """Raise CameraModelError unless `params` has the right length and finite values for model `name`."""
+    """Raise CameraModelError unless `params` has the right length and finite values for model `name`.
+
+    LENS_FIELD also needs n a whole number >= 2 matching the length and R > 0."""
     model = get_model(name)
-    if len(params) != model.num_params:
+    if model.variable:
+        lens_field_grid_size(len(params))
+    elif len(params) != model.num_params:
         raise CameraModelError(f"{name} takes {model.num_params} parameters ({', '.join(model.params)}), "
                                f"got {len(params)}")
-    for pname, value in zip(model.params, params):
+    for i, value in enumerate(params):
         try:
             v = float(value)
         except (TypeError, ValueError):
-            raise CameraModelError(f"{name} parameter {pname} is not a number: {value!r}") from None
+            raise CameraModelError(f"{name} parameter {_param_name(model, i)} is not a number: {value!r}") from None
         if v != v or v in (float("inf"), float("-inf")):
-            raise CameraModelError(f"{name} parameter {pname} is not finite: {value!r}")
+            raise CameraModelError(f"{name} parameter {_param_name(model, i)} is not finite: {value!r}")
     if float(params[0]) <= 0 or (not model.shared_focal and float(params[1]) <= 0):
         raise CameraModelError(f"{name} focal length must be positive, got {list(params[:2])}")
+    if model.variable:
+        radius, n = float(params[4]), float(params[5])
+        if radius <= 0:
+            raise CameraModelError(f"LENS_FIELD parameter R (half-width of the control grid, radians) must be "
+                                   f"positive, got {radius}")
+        expected = lens_field_grid_size(len(params))
+        if n != expected:
+            raise CameraModelError(f"LENS_FIELD parameter n (grid size) must be a whole number matching the "
+                                   f"{len(params)} parameters (n = {expected}), got {params[5]!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -113,6 +167,8 @@ def radial_distortion_factor(model_name: str, extra, r2):
     """Radial factor s(r2) with r_d = r * s: r is the pinhole radius (perspective) or theta (fisheye), r2 = r**2."""
     model = get_model(model_name)
     name, n = model.name, len(extra)
+    if model.variable:
+        raise CameraModelError(f"{name} has no radial distortion formula (see engine.projection)")
     if n != len(model.extra_params):
         raise CameraModelError(f"{name} takes {len(model.extra_params)} distortion parameters "
                                f"({', '.join(model.extra_params)}), got {n}")

@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reconstruct": ("reconstruct_cmd", "cameras and points from unposed photos or a video (COLMAP or pointmaps)"),
     "calibrate": ("calibrate_cmd", "calibrate cameras from single photos (EXIF, vanishing points, DM-Calib)"),
     "train": ("train_cmd", "train Gaussian splats while refining focal, principal point, poses and distortion"),
+    "project": ("project_cmd", "project camera-frame rays (.npy) to pixels through a bundle camera's lens"),
+    "unproject": ("unproject_cmd", "unit camera-frame rays (.npy) through pixels of a bundle camera, any lens"),
 }
 
 

@@ -20,6 +20,13 @@ radius (pinhole radius, or theta for fisheye) lies below `radius_limit`, where t
 being increasing (beyond it the image folds back over itself and projections are ambiguous). A pixel unprojects
 meaningfully when, in addition, the Newton undistortion converged (`_undistort_plane`): pixels beyond the distorted
 image of a folding lens have no solution and come back with valid False, after at most NEWTON_MAX_ITERATIONS steps.
+
+LENS_FIELD (`engine.camera_models`; the learned lens of `engine.lens_field`) is a fisheye model whose distortion is
+x_d = x + D(x) on the equidistant plane, D bilinear between the nodes of an n x n grid over [-R, R]^2 (clamped to
+the grid's border outside it). Its `extra` is one tensor (..., 2 + 2 n^2) = (R, n, d...) instead of a tuple of
+columns, n comes from the vector's length, and cameras batched in `params` index their own grids. Points are valid
+inside the grid, below 180 degrees and where the field does not fold (det(I + dD/dx) > 0); pixels unproject by
+`_undistort_field` (Newton with a fixed-point fallback x <- x_d - D(x), which contracts when Lip(D) < 1).
 """
 from __future__ import annotations
 
@@ -28,7 +35,7 @@ import math
 
 import torch
 
-from .camera_models import (CameraModel, distort_equidistant, distort_normalized, get_model,
+from .camera_models import (CameraModel, distort_equidistant, distort_normalized, get_model, lens_field_grid_size,
                             radial_distortion_factor)
 from .errors import CameraModelError
 
@@ -42,7 +49,19 @@ _MAX_ANGLE = math.pi / 2 * _LIMIT_SAMPLES / (_LIMIT_SAMPLES + 1)  # widest persp
 # --- parameters ------------------------------------------------------------------------------------------------
 
 def _check_params(model: CameraModel, params: torch.Tensor) -> None:
-    if params.dim() == 0 or params.shape[-1] != model.num_params:
+    if model.variable:  # LENS_FIELD: the length gives n; the n and R columns must agree
+        if params.dim() == 0:
+            raise CameraModelError(f"{model.name} parameters must be a vector, got a 0-d tensor")
+        n = lens_field_grid_size(params.shape[-1])
+        with torch.no_grad():
+            bad_n, bad_r = bool((params[..., 5] != n).any()), bool((~(params[..., 4] > 0)).any())
+        if bad_n:
+            raise CameraModelError(f"{model.name} parameter n (grid size) must be {n} for {params.shape[-1]} "
+                                   f"parameters, got {params[..., 5].flatten()[:4].tolist()}")
+        if bad_r:
+            raise CameraModelError(f"{model.name} parameter R (half-width of the control grid, radians) must be "
+                                   f"positive, got {params[..., 4].flatten()[:4].tolist()}")
+    elif params.dim() == 0 or params.shape[-1] != model.num_params:
         raise CameraModelError(f"{model.name} takes {model.num_params} parameters ({', '.join(model.params)}), "
                                f"got a tensor of shape {tuple(params.shape)}")
 
@@ -72,8 +91,15 @@ def _prepare(model_name: str, params, values: torch.Tensor, last: int):
     return model, params.to(dtype), values.to(dtype)
 
 
+def split_params(model_name: str, params: torch.Tensor):
+    """(fx, fy, cx, cy, extra) of a parameter tensor (..., P): tensors of shape params.shape[:-1]; extra is a tuple
+    of columns in COLMAP order, or for LENS_FIELD the tensor params[..., 4:] = (R, n, d...)."""
+    return _split(get_model(model_name), params)
+
+
 def _split(model: CameraModel, params: torch.Tensor):
-    """(fx, fy, cx, cy, extra) as tensors of shape params.shape[:-1]; extra is a tuple in COLMAP order."""
+    if model.variable:
+        return params[..., 0], params[..., 1], params[..., 2], params[..., 3], params[..., 4:]
     cols = params.unbind(-1)
     if model.shared_focal:
         return cols[0], cols[0], cols[1], cols[2], tuple(cols[3:])
@@ -139,11 +165,19 @@ class _Jet:
 
 def _distort_plane(model: CameraModel, extra, x, y):
     """Distortion on the model's own plane: pinhole plane (perspective) or equidistant plane (fisheye)."""
+    if model.variable:
+        dx, dy, _ = _field(_field_extra(extra), x, y, jacobian=False)
+        return x + dx, y + dy
     return (distort_equidistant if model.fisheye else distort_normalized)(model.name, extra, x, y)
 
 
 def distortion_jacobian(model: CameraModel, extra, x: torch.Tensor, y: torch.Tensor):
-    """(x_d, y_d, (j00, j01, j10, j11)) of the plane distortion at (x, y)."""
+    """(x_d, y_d, (j00, j01, j10, j11)) of the plane distortion at (x, y); `extra` as from `split_params`.
+
+    Values and Jacobian are differentiable in x, y and extra (the EWA covariance of `engine.splats.project`)."""
+    if model.variable:
+        dx, dy, (a, b, c, d) = _field(_field_extra(extra), x, y, jacobian=True)
+        return x + dx, y + dy, (1.0 + a, b, c, 1.0 + d)
     one, zero = torch.ones_like(x), torch.zeros_like(x)
     jx, jy = _distort_plane(model, extra, _Jet(x, one, zero), _Jet(y, zero, one))
     jx, jy = _Jet._of(jx), _Jet._of(jy)
@@ -254,6 +288,119 @@ def _undistort_plane(model: CameraModel, extra, limit: torch.Tensor, xd: torch.T
     return x - (d * rx - b * ry) / det, y - (a * ry - c * rx) / det, converged
 
 
+# --- LENS_FIELD: bilinear displacement field on the equidistant plane ---------------------------------------------
+
+def _field_extra(extra) -> torch.Tensor:
+    """LENS_FIELD's extra (R, n, d...) as one tensor (..., 2 + 2 n^2), also when given as a sequence of columns."""
+    if torch.is_tensor(extra):
+        return extra
+    return torch.stack(torch.broadcast_tensors(*[torch.as_tensor(e) for e in extra]), -1)
+
+
+def _field(extra: torch.Tensor, x: torch.Tensor, y: torch.Tensor, jacobian: bool):
+    """(D_x, D_y, J) at plane points (x, y): D bilinear between the grid nodes, J = (dDx/dx, dDx/dy, dDy/dx, dDy/dy)
+    (None unless `jacobian`). Outside [-R, R]^2 the point is clamped to the grid's border (D continues constant).
+
+    Node (row j, column i) sits at (-R + i h, -R + j h), h = 2 R / (n - 1). Each camera of a batched `extra`
+    (..., 2 + 2 n^2) reads its own grid: the nodes of all cameras are one flat table indexed by camera * n^2 + node,
+    so gathering (and its backward) costs memory per point, not per point and node.
+    """
+    n = lens_field_grid_size(extra.shape[-1] + 4)
+    radius = extra[..., 0]
+    nodes = extra[..., 2:].reshape(-1, 2)  # (cameras * n^2, 2), row-major per camera
+    h = 2.0 * radius / (n - 1)
+    tx_raw, ty_raw = (x + radius) / h, (y + radius) / h  # grid coordinates, broadcast over cameras and points
+    tx, ty = tx_raw.clamp(0.0, n - 1.0), ty_raw.clamp(0.0, n - 1.0)
+    with torch.no_grad():
+        i0 = torch.nan_to_num(torch.floor(tx), nan=0.0).clamp(0, n - 2)
+        j0 = torch.nan_to_num(torch.floor(ty), nan=0.0).clamp(0, n - 2)
+        k = (j0 * n + i0).long()
+        cameras = radius.numel()
+        if cameras > 1:
+            k = k + torch.broadcast_to(torch.arange(cameras, device=k.device).reshape(radius.shape), k.shape) * n * n
+    wx, wy = tx - i0, ty - j0
+    g00, g01, g10, g11 = nodes[k], nodes[k + 1], nodes[k + n], nodes[k + n + 1]
+    wx2, wy2 = wx[..., None], wy[..., None]
+    top, bottom = g00 + wx2 * (g01 - g00), g10 + wx2 * (g11 - g10)
+    disp = top + wy2 * (bottom - top)
+    if not jacobian:
+        return disp[..., 0], disp[..., 1], None
+    with torch.no_grad():  # d clamp / d t: 0 outside the grid
+        in_x = ((tx_raw >= 0) & (tx_raw <= n - 1)).to(x.dtype)[..., None]
+        in_y = ((ty_raw >= 0) & (ty_raw <= n - 1)).to(x.dtype)[..., None]
+    h2 = h[..., None]
+    d_dx = (g01 - g00 + wy2 * (g11 - g10 - g01 + g00)) * in_x / h2
+    d_dy = (bottom - top) * in_y / h2
+    return disp[..., 0], disp[..., 1], (d_dx[..., 0], d_dy[..., 0], d_dx[..., 1], d_dy[..., 1])
+
+
+def _field_domain(extra: torch.Tensor, x: torch.Tensor, y: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Where LENS_FIELD projects meaningfully: inside the grid, theta below 180 degrees, no fold."""
+    with torch.no_grad():
+        radius = extra[..., 0]
+        _, _, (a, b, c, d) = _field(extra, x, y, jacobian=True)
+        det = (1.0 + a) * (1.0 + d) - b * c
+        return (x.abs() <= radius) & (y.abs() <= radius) & (theta < math.pi) & (det > 0)
+
+
+def _undistort_field(extra: torch.Tensor, xd: torch.Tensor, yd: torch.Tensor):
+    """Solve x + D(x) = x_d on the equidistant plane: (x, y, converged).
+
+    Each iteration takes the better of a Newton step (quadratic convergence within a cell) and the fixed-point step
+    x <- x_d - D(x), whose residual shrinks by the factor Lip(D) (< 1 for the network-built fields: Banach), so the
+    solve cannot stall where the field is invertible. Starts at x_d; stops like `_undistort_plane` (residual below
+    2 eps (1 + |x_d|), _NEWTON_PATIENCE slow iterations, or NEWTON_MAX_ITERATIONS), `converged` where the residual
+    is below 128 times that. Gradients by the implicit function theorem, as in `_undistort_plane`.
+    """
+    xd, yd, _ = torch.broadcast_tensors(xd, yd, extra[..., 0])
+    eps = torch.finfo(xd.dtype).eps
+    with torch.no_grad():
+        ex, tx, ty = extra.detach(), xd.detach(), yd.detach()
+        done_res = 2 * eps * (1.0 + torch.hypot(tx, ty))
+
+        def evaluate(x, y):
+            dx, dy, jac = _field(ex, x, y, jacobian=True)
+            return dx, dy, tuple(j + (1.0 if i in (0, 3) else 0.0) for i, j in enumerate(jac)), \
+                torch.hypot(x + dx - tx, y + dy - ty)
+
+        x, y = tx.clone(), ty.clone()
+        dx, dy, jac, res = evaluate(x, y)
+        slow = torch.zeros_like(x, dtype=torch.int32)
+        active = torch.isfinite(res) & (res > done_res)
+        for _ in range(NEWTON_MAX_ITERATIONS):
+            if not bool(active.any()):
+                break
+            sx, sy = _newton_step(jac, x + dx - tx, y + dy - ty, eps)
+            nx, ny = x - sx, y - sy
+            fx, fy = tx - dx, ty - dy
+            newton, fixed = evaluate(nx, ny), evaluate(fx, fy)
+            use_newton = newton[3] <= fixed[3]
+            cand = [torch.where(use_newton, a, b) for a, b in zip((nx, ny), (fx, fy))]
+            cand += [torch.where(use_newton, a, b) for a, b in zip(newton[:2], fixed[:2])]
+            cjac = tuple(torch.where(use_newton, a, b) for a, b in zip(newton[2], fixed[2]))
+            cres = torch.where(use_newton, newton[3], fixed[3])
+            accept = active & (cres < res)
+            slow = torch.where(cres < 0.9 * res, 0, slow + 1)
+
+            def pick(new, old):
+                return torch.where(accept, new, old)
+            x, y, dx, dy = map(pick, cand, (x, y, dx, dy))
+            jac = tuple(map(pick, cjac, jac))
+            res = pick(cres, res)
+            active &= (res > done_res) & (slow < _NEWTON_PATIENCE)
+        converged = res <= 128 * done_res
+        a, b, c, d = jac
+        det = a * d - b * c
+        implicit = converged & (det.abs() > eps)
+        det = torch.where(implicit, det, torch.ones_like(det))
+    gx, gy, _ = _field(extra, x, y, jacobian=False)
+    zero = torch.zeros_like(xd)
+    rx, ry = x + gx - xd, y + gy - yd
+    rx = torch.where(implicit, rx - rx.detach(), zero)
+    ry = torch.where(implicit, ry - ry.detach(), zero)
+    return x - (d * rx - b * ry) / det, y - (a * ry - c * rx) / det, converged
+
+
 # --- validity ----------------------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=16)
@@ -269,10 +416,14 @@ def radius_limit(model_name: str, params) -> torch.Tensor:
     r is the pinhole-plane radius tan(theta) for perspective models and the angle theta itself for fisheye models.
     Shape params.shape[:-1]; inf (perspective) or pi (fisheye) when the map never folds. Found on a grid uniform in
     angle (conservative by at most two grid steps); tangential and thin-prism terms are not considered.
+    LENS_FIELD: min(R, pi), the largest disc around the axis inside its control grid (`in_domain` also admits the
+    grid's corners).
     """
     model, params = _params_tensor(model_name, params)
     params = params.detach()
     cap = math.pi if model.fisheye else math.inf
+    if model.variable:
+        return params[..., 4].clamp(max=cap)
     if not model.extra_params:
         return torch.full(params.shape[:-1], cap, dtype=params.dtype, device=params.device)
     with torch.no_grad():
@@ -285,9 +436,21 @@ def radius_limit(model_name: str, params) -> torch.Tensor:
         return torch.where(bad.any(-1), below, torch.full_like(below, cap))
 
 
+def in_domain(model_name: str, params, x: torch.Tensor, y: torch.Tensor, radius: torch.Tensor | None = None):
+    """Whether points (x, y) on the model's plane (pinhole plane, or equidistant plane for fisheye models) project
+    meaningfully: undistorted radius (default |(x, y)|; fisheye callers pass theta from atan2, exact on the -Z axis)
+    below `radius_limit`; for LENS_FIELD inside its grid, below 180 degrees, and where the field does not fold."""
+    model, params = _params_tensor(model_name, params)
+    with torch.no_grad():
+        radius = torch.hypot(x, y) if radius is None else radius.detach()
+        if model.variable:
+            return _field_domain(params.detach()[..., 4:], x.detach(), y.detach(), radius)
+        return radius < radius_limit(model_name, params)
+
+
 # --- camera plane <-> camera rays --------------------------------------------------------------------------------
 
-def _equidistant_from_cam(points: torch.Tensor):
+def equidistant_from_cam(points: torch.Tensor):
     """(a, b) = theta (X, Y) / |(X, Y)| with theta = atan2(|(X, Y)|, Z), differentiable everywhere off the -Z axis
     (on it the direction is undefined: finite values, which `project` marks invalid)."""
     X, Y, Z = points.unbind(-1)
@@ -300,8 +463,8 @@ def _equidistant_from_cam(points: torch.Tensor):
     return X * scale, Y * scale
 
 
-def _cam_from_equidistant(a: torch.Tensor, b: torch.Tensor):
-    """Unit direction (sin(theta) (a, b) / theta, cos(theta)), theta = |(a, b)|; inverse of _equidistant_from_cam."""
+def cam_from_equidistant(a: torch.Tensor, b: torch.Tensor):
+    """Unit direction (sin(theta) (a, b) / theta, cos(theta)), theta = |(a, b)|; inverse of equidistant_from_cam."""
     t2 = a * a + b * b
     small = t2 < 1e-8
     theta = torch.sqrt(torch.where(small, torch.ones_like(t2), t2))
@@ -319,12 +482,12 @@ def _pinhole_from_cam(points: torch.Tensor):
 
 
 def _equidistant_from_pinhole(x: torch.Tensor, y: torch.Tensor):
-    return _equidistant_from_cam(torch.stack([x, y, torch.ones_like(x)], -1))
+    return equidistant_from_cam(torch.stack([x, y, torch.ones_like(x)], -1))
 
 
 def _pinhole_from_equidistant(a: torch.Tensor, b: torch.Tensor):
     """(x, y, ok): the ray through the equidistant point scaled to z = 1; ok is False from theta = 90 deg on."""
-    ray = _cam_from_equidistant(a, b)
+    ray = cam_from_equidistant(a, b)
     z = ray[..., 2]
     ok = z > torch.finfo(z.dtype).eps
     z = torch.where(ok, z, torch.ones_like(z))
@@ -343,7 +506,7 @@ def project(model_name: str, params, points_cam: torch.Tensor) -> tuple[torch.Te
     model, params, points = _prepare(model_name, params, points_cam, 3)
     fx, fy, cx, cy, extra = _split(model, params)
     if model.fisheye:
-        x, y = _equidistant_from_cam(points)
+        x, y = equidistant_from_cam(points)
         with torch.no_grad():
             r = torch.atan2(torch.hypot(points[..., 0], points[..., 1]), points[..., 2])
         in_front = torch.ones_like(r, dtype=torch.bool)
@@ -352,7 +515,7 @@ def project(model_name: str, params, points_cam: torch.Tensor) -> tuple[torch.Te
         r = torch.hypot(x, y).detach()
     xd, yd = _distort_plane(model, extra, x, y)
     pixels = torch.stack([fx * xd + cx, fy * yd + cy], -1)
-    valid = in_front & (r < radius_limit(model.name, params))
+    valid = in_front & in_domain(model.name, params, x, y, r)
     return pixels, valid
 
 
@@ -361,9 +524,11 @@ def _undistort(model: CameraModel, params: torch.Tensor, xd: torch.Tensor, yd: t
 
     For fisheye models also returns the equidistant-plane point (a, b), else None.
     """
-    limit = radius_limit(model.name, params)
-    x, y, valid = _undistort_plane(model, _split(model, params)[4], limit, xd, yd)
-    valid = valid & (torch.hypot(x, y).detach() < limit)
+    if model.variable:
+        x, y, valid = _undistort_field(_split(model, params)[4], xd, yd)
+    else:
+        x, y, valid = _undistort_plane(model, _split(model, params)[4], radius_limit(model.name, params), xd, yd)
+    valid = valid & in_domain(model.name, params, x, y)
     if not model.fisheye:
         return x, y, valid, None
     px, py, ok = _pinhole_from_equidistant(x, y)
@@ -393,7 +558,7 @@ def unproject_directions(model_name: str, params, pixels: torch.Tensor) -> tuple
     x, y, valid, equidistant = _undistort(model, params, *_normalised_from_pixels(model, params, pixels))
     if equidistant is not None:
         a, b, valid = equidistant
-        return _cam_from_equidistant(a, b), valid
+        return cam_from_equidistant(a, b), valid
     ray = torch.stack([x, y, torch.ones_like(x)], -1)
     return ray / torch.linalg.vector_norm(ray, dim=-1, keepdim=True), valid
 

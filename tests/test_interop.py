@@ -414,3 +414,10 @@ def test_cli_refuses_to_replace_foreign_folders(tmp_path):
                  str(tmp_path / "e")]) == 0
     assert sorted(p.name for p in (tmp_path / "e").iterdir()) == [
         "images", "points.ply", "transforms.json", EXPORT_MARKER]
+
+
+def test_learned_lens_export_is_refused_with_a_clear_error():
+    n = 2
+    field = Camera(3, "LENS_FIELD", 64, 64, [20.0, 20.0, 32.0, 32.0, 1.8, float(n)] + [0.0] * (2 * n * n))
+    with pytest.raises(InteropError, match=r"camera 3 \(LENS_FIELD\).*nerfstudio"):
+        nerfstudio.camera_to_nerfstudio(field)

@@ -5,6 +5,10 @@ and pose convention (cam_from_world, OpenCV axes), so intrinsics and poses pass 
 models also hold rigs and frames: on import each posed image gets its composed cam_from_world (sensor_from_rig
 * rig_from_world); on export every camera gets a trivial rig and every image its own frame, which is also how
 COLMAP reads older models that have no rigs/frames files.
+
+Unposed's own LENS_FIELD (the learned lens) has no COLMAP counterpart: exporting it is refused with an error naming
+the camera, rather than silently approximated (convert it first, e.g. `engine.splats.cameras.convert_camera` to
+OPENCV_FISHEYE, which reports the conversion's RMS in pixels).
 """
 from __future__ import annotations
 
@@ -119,6 +123,11 @@ def to_reconstruction(scene: Scene):
 
     rec = pycolmap.Reconstruction()
     for cam in scene.cameras.values():
+        if cam.model not in MODELS:
+            raise InteropError(f"camera {cam.id} uses Unposed's {cam.model} lens model, which COLMAP cannot store; "
+                               f"train or convert it to a COLMAP model first (e.g. OPENCV_FISHEYE: engine train "
+                               f"--lens fisheye, or engine.splats.cameras.convert_camera, which reports the fit's "
+                               f"RMS in pixels)")
         rec.add_camera_with_trivial_rig(pycolmap.Camera(
             camera_id=_check_id(cam.id, "camera"), model=cam.model, width=cam.width, height=cam.height,
             params=[float(p) for p in cam.params]))

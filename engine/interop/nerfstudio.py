@@ -70,6 +70,9 @@ _NS_KEYS: dict[str, tuple[str | None, ...]] = {
 
 def camera_to_nerfstudio(cam: Camera) -> dict[str, Any]:
     """nerfstudio intrinsics (camera_model, fl_x, fl_y, cx, cy, w, h, distortion) of a camera, exactly."""
+    if cam.model not in _NS_KEYS:
+        raise InteropError(f"camera {cam.id} ({cam.model}): nerfstudio has no such camera model; train or convert "
+                           f"it to a parametric model (e.g. `engine train --lens fisheye`) before exporting")
     model = get_model(cam.model)
     fx, fy, cx, cy, extra = model.split(cam.params)
     if cam.model in PERSPECTIVE_NAMES or cam.model == FISHEYE_NAME:

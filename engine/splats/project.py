@@ -13,8 +13,14 @@ the image's field, so splats far outside the view do not explode.
 
 Conventions follow gsplat 1.5.3's projection so its rasterizer can consume the result: conics are the upper
 triangle (a, b, c) of inv(Sigma2d) (eps2d = 0.3 px^2 added first), radii are per-axis integer pixel extents (0 =
-not drawn) of the ellipse beyond which alpha < 1/255, depths are camera z (the depth order; lens distortion moves
-splats in the image but never changes their order).
+not drawn) of the ellipse beyond which alpha < 1/255, and depths give the compositing order.
+
+Depths: camera z for perspective models. Fisheye models (LENS_FIELD included) see rays at and beyond 90 degrees from
+the axis, where z is zero or negative and no longer orders splats along a pixel's ray (a splat behind the image
+plane would come before every splat in front of it), so their depths are distances from the camera centre |p|,
+which order splats along every ray (both compositors, and gsplat's isect_tiles, sort by whatever depth they get).
+Culling follows the same quantity: perspective splats need z > near; fisheye splats |p| > near (and a ray angle
+inside the lens's domain), so a lens wider than 180 degrees draws splats behind the image plane.
 """
 from __future__ import annotations
 
@@ -22,8 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..camera_models import distort_equidistant, distort_normalized, get_model
-from ..projection import distortion_jacobian, radius_limit, unproject
+from ..camera_models import distort_normalized, get_model
+from ..projection import distortion_jacobian, in_domain, radius_limit, split_params, unproject
 
 EPS2D = 0.3  # px^2 added to every 2D covariance (gsplat's default; a one-pixel low-pass filter)
 NEAR = 0.01  # camera z below which splats are dropped (gsplat's near_plane)
@@ -37,7 +43,7 @@ class Projected:
     means2d: torch.Tensor  # (N, 2) pixels (COLMAP convention: pixel centres at +0.5)
     conics: torch.Tensor  # (N, 3) upper triangle of the inverse 2D covariance
     radii: torch.Tensor  # (N, 2) int32 per-axis extent in pixels; 0 where the splat is not drawn
-    depths: torch.Tensor  # (N,) camera z
+    depths: torch.Tensor  # (N,) compositing order: camera z, or distance from the camera centre for fisheye models
 
     @property
     def visible(self) -> torch.Tensor:
@@ -93,21 +99,21 @@ def project_gaussians(means: torch.Tensor, quats: torch.Tensor, log_scales: torc
     """Project N Gaussians (means (N, 3), quats (N, 4) w x y z, log_scales (N, 3), opacities (N,) in [0, 1]) into a
     `width` x `height` image of camera (`model_name`, COLMAP-ordered `params` (P,), `cam_from_world` (4, 4))."""
     model = get_model(model_name)
-    fx, fy = (params[0], params[0]) if model.shared_focal else (params[0], params[1])
-    cx, cy = (params[1], params[2]) if model.shared_focal else (params[2], params[3])
-    extra = tuple(params[3 if model.shared_focal else 4:].unbind(-1))
+    fx, fy, cx, cy, extra = split_params(model_name, params)
     rot_c, t_c = cam_from_world[:3, :3], cam_from_world[:3, 3]
     p = means @ rot_c.T + t_c
     X, Y, Z = p.unbind(-1)
-    in_front = Z > near
-    z = torch.where(in_front, Z, torch.ones_like(Z))
-    limit = radius_limit(model_name, params.detach())
     if model.fisheye:
+        depths = torch.linalg.vector_norm(p, dim=-1)
+        in_front = depths > near  # "in front": far enough from the centre, at any angle the lens sees
         a, b, plane_jac, theta = _equidistant(p)
-        xd, yd = distort_equidistant(model_name, extra, a, b)
-        _, _, d = distortion_jacobian(model, extra, a, b)
-        inside_limit = theta.detach() < limit
+        xd, yd, d = distortion_jacobian(model, extra, a, b)
+        inside_limit = in_domain(model_name, params, a, b, theta)
     else:
+        depths = Z
+        in_front = Z > near
+        z = torch.where(in_front, Z, torch.ones_like(Z))
+        limit = radius_limit(model_name, params.detach())
         x, y = X / z, Y / z
         xd, yd = distort_normalized(model_name, extra, x, y)
         lo_x, hi_x, lo_y, hi_y = _plane_bounds(model_name, params, width, height)
@@ -142,4 +148,4 @@ def project_gaussians(means: torch.Tensor, quats: torch.Tensor, log_scales: torc
         ok = (in_front & inside_limit & (det > 0) & on_image & (opacities.detach() >= ALPHA_THRESHOLD)
               & torch.isfinite(m2).all(-1) & torch.isfinite(conics.detach()).all(-1))
         radii = torch.where(ok[:, None], radii, torch.zeros_like(radii)).to(torch.int32)
-    return Projected(means2d, conics, radii, Z)
+    return Projected(means2d, conics, radii, depths)
