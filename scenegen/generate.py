@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Sequence
 import bpy
 import numpy as np
 
+from . import lenses
 from .addon import module
 from .points import coloured_points
 from .render import camera_objects, configure, render_views
@@ -20,6 +21,8 @@ if TYPE_CHECKING:  # the add-on's own copy is used at run time (see addon.py); s
 
 IMAGES_DIR = "images"
 DEPTH_DIR = "depth"
+# Fisheye presets (`generate_fisheye`): lens maker (width, height, fov_deg) and its default corner-to-corner field.
+FISHEYE_LENSES = {"equidistant": (lenses.equidistant, 180.0), "polynomial": (lenses.polynomial_lens, 190.0)}
 
 
 def generate(out_dir: str | Path, *, kind: str = "room", n_views: int = 8, width: int = 160, height: int = 120,
@@ -35,8 +38,9 @@ def generate(out_dir: str | Path, *, kind: str = "room", n_views: int = 8, width
     views see (`n_points` surface samples before visibility). Cameras: `camera` (an engine Camera, or a list
     with one per view), else `intrinsics(model, width, height, hfov_deg=hfov_deg)`. With `save_depth`, each
     image also names `depth/<view>.npy`: float32 (H, W) camera z of the surface at each pixel (OpenCV axes,
-    metres), 0 where there is none. The Blender scene keeps the built geometry and one camera object per view
-    (named after the view).
+    metres), 0 where there is none and where a fisheye's ray is 90 deg or more from the axis (camera z cannot
+    place those points). The Blender scene keeps the built geometry and one camera object per view (named after
+    the view).
     """
     bundles, atomic = module("engine.bundle"), module("engine.atomic")
     scene = scene or bpy.context.scene
@@ -71,3 +75,19 @@ def generate(out_dir: str | Path, *, kind: str = "room", n_views: int = 8, width
         depth_files = {image.extras["depth"]: stage / image.extras["depth"] for image in images if save_depth}
         bundles.write_bundle(bundle, stage, extra_files=depth_files)
     return out_dir
+
+
+def generate_fisheye(out_dir: str | Path, lens: str = "equidistant", *, fov_deg: float | None = None,
+                     size: int = 160, n_views: int = 4, kind: str = "room", samples: int = 8,
+                     n_points: int = 20000, seed: int = 0, scene: bpy.types.Scene | None = None) -> Path:
+    """A fisheye ground-truth scene (`generate` with depth): `n_views` square `size` x `size` photos through one
+    `lens` of FISHEYE_LENSES, seeing `fov_deg` corner to corner (default: the preset's), from cameras inside
+    `kind` (room: a ring inside the room, each camera looking across it, so the wide field sees walls, floor and
+    ceiling). 'equidistant' is `lenses.equidistant`, 'polynomial' `lenses.polynomial_lens` (a LENS_FIELD lens
+    OPENCV_FISHEYE cannot express); both are rendered exactly through the recorded camera (`render.render_view`)."""
+    if lens not in FISHEYE_LENSES:
+        raise ValueError(f"unknown fisheye lens {lens!r}; known lenses: {', '.join(FISHEYE_LENSES)}")
+    make, default_fov = FISHEYE_LENSES[lens]
+    camera = make(size, size, default_fov if fov_deg is None else fov_deg)
+    return generate(out_dir, kind=kind, n_views=n_views, camera=camera, samples=samples, n_points=n_points,
+                    save_depth=True, seed=seed, scene=scene)

@@ -6,11 +6,13 @@ node as 32-bit EXRs, because Blender-as-a-module does not fill the Viewer image.
 """
 from __future__ import annotations
 
+import functools
+import math
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import bpy
 import numpy as np
@@ -22,6 +24,9 @@ if TYPE_CHECKING:  # the add-on's own copy is used at run time (see addon.py); s
     from engine.bundle import Camera
 
 NO_HIT = 1e9  # Cycles writes 1e10 as the depth of pixels that see no surface
+PROXY_OVERSAMPLING = 2.0  # equidistant proxy pixels per camera pixel where the camera samples most finely
+PROXY_MAX_SIZE = 8192  # largest equidistant proxy (pixels across) a camera may need
+_MARGIN = 2  # proxy pixels around the camera's rays, so bilinear lookups at the border stay inside
 _PASSES = {"Depth": "Depth", "IndexOB": "Object Index"}  # File Output item -> Render Layers output
 _TREE = "scenegen passes"
 
@@ -30,6 +35,7 @@ _TREE = "scenegen passes"
 class Render:
     rgb: np.ndarray  # (H, W, 3) uint8, sRGB as in the PNG
     depth: np.ndarray  # (H, W) float32: camera z (OpenCV axes) of the surface seen, 0 where there is none
+    # (and where a fisheye's ray is 90 deg or more from the axis: camera z cannot place the point)
     object_index: np.ndarray  # (H, W) int32: pass_index of the object seen, 0 for none
     path: Path | None = None  # the PNG, when written
 
@@ -100,36 +106,56 @@ def render_view(scene: bpy.types.Scene, cam_obj: bpy.types.Object, view: View,
                 path: str | Path | None = None) -> Render:
     """Render `view` through `cam_obj` (made by `camera_objects`); writes the PNG to `path` when given.
 
-    Cycles has no lens distortion for perspective cameras, so a distorted perspective model is rendered as an
-    undistorted pinhole view covering its field (`_pinhole_proxy`) and resampled through the model.
+    `cam_obj` is the view's Blender camera (`bridge.camera`). Where that camera does not image exactly like the
+    view's engine camera, the view is rendered through an exact proxy camera covering every ray of its pixels and
+    resampled through the engine camera (`_resample`): Cycles has no lens distortion for perspective cameras
+    (proxy: an undistorted pinhole, `_pinhole_proxy`), and its fisheye cameras are no fisheye model exactly
+    (the lens polynomial is a fit; the equidistant camera renders only the image's inscribed circle), so every
+    fisheye model goes through a square, centred equidistant proxy covering all its rays (`_equidistant_proxy`).
+    So the photos, depth and object index show exactly what the recorded camera sees.
     """
     bridge = module("bridge.camera")
     png = None if path is None else Path(path)
     if png is not None:
         png.parent.mkdir(parents=True, exist_ok=True)
-    if _distorted_perspective(view.camera):
-        proxy, grid = _pinhole_proxy(view.camera)
-        proxy_obj = bpy.data.objects.new("scenegen proxy", bpy.data.cameras.new("scenegen proxy"))
-        scene.collection.objects.link(proxy_obj)
-        try:
-            proxy_obj.matrix_world = cam_obj.matrix_world
-            bridge.apply_camera(scene, proxy_obj, proxy)
-            render = _render(scene, proxy_obj, proxy, None)
-        finally:
-            data = proxy_obj.data
-            bpy.data.objects.remove(proxy_obj)
-            bpy.data.cameras.remove(data)
-        bridge.apply_camera(scene, cam_obj, view.camera)
-        render = _resample(render, grid)
-        if png is not None:
-            _write_png(png, render.rgb)
-            render.path = png
-        return render
-    bridge.apply_camera(scene, cam_obj, view.camera)  # render size and pixel aspect of this view
-    return _render(scene, cam_obj, view.camera, png)
+    proxy_of = _proxy_maker(view.camera)
+    if proxy_of is None:
+        bridge.apply_camera(scene, cam_obj, view.camera)  # render size and pixel aspect of this view
+        return _render(scene, cam_obj, png)
+    proxy, grid, oversampling = proxy_of(view.camera)
+    proxy_obj = bpy.data.objects.new("scenegen proxy", bpy.data.cameras.new("scenegen proxy"))
+    scene.collection.objects.link(proxy_obj)
+    filter_width, samples = scene.cycles.filter_width, scene.cycles.samples
+    try:
+        proxy_obj.matrix_world = cam_obj.matrix_world
+        bridge.apply_camera(scene, proxy_obj, proxy)  # the render size, and the pinhole proxy's (exact) camera
+        pano = proxy_obj.data.type == "PANO"
+        if pano:  # the equidistant proxy: Cycles' equidistant fisheye, exact inside its inscribed circle
+            proxy_obj.data.panorama_type = "FISHEYE_EQUIDISTANT"
+            proxy_obj.data.fisheye_fov = proxy.width / proxy.params[0]
+        # The pixel filter covering the angle it would in a direct render where the camera samples most finely,
+        # and as many samples per camera pixel there (each proxy pixel covers 1 / oversampling^2 of one).
+        scene.cycles.filter_width = filter_width * oversampling
+        scene.cycles.samples = max(1, math.ceil(samples / oversampling ** 2))
+        render = _render(scene, proxy_obj, None)
+    finally:
+        scene.cycles.filter_width, scene.cycles.samples = filter_width, samples
+        data = proxy_obj.data
+        bpy.data.objects.remove(proxy_obj)
+        bpy.data.cameras.remove(data)
+    bridge.apply_camera(scene, cam_obj, view.camera)  # leave the view's render size set, as a direct render does
+    render = _resample(render, grid)
+    if pano:
+        render.depth = _camera_z(render.depth, view.camera)
+    if png is not None:
+        _write_png(png, render.rgb)
+        render.path = png
+    return render
 
 
-def _render(scene: bpy.types.Scene, cam_obj: bpy.types.Object, camera: Camera, png: Path | None) -> Render:
+def _render(scene: bpy.types.Scene, cam_obj: bpy.types.Object, png: Path | None) -> Render:
+    """Render through `cam_obj`. The depth is what Cycles writes, 0 where no surface: camera z for perspective
+    cameras, the distance along the ray for panoramic ones (`_camera_z` converts)."""
     scene.camera = cam_obj
     work = Path(tempfile.mkdtemp(prefix="scenegen-render-"))
     try:
@@ -144,40 +170,94 @@ def _render(scene: bpy.types.Scene, cam_obj: bpy.types.Object, camera: Camera, p
         shutil.rmtree(work, ignore_errors=True)
     rgb = np.rint(rgb * 255.0).astype(np.uint8)
     hit = depth < NO_HIT
-    if cam_obj.data.type == "PANO":  # panoramic cameras write the distance along the ray: convert to camera z
-        depth = depth * _ray_z(camera)
-    depth = np.where(hit, depth, 0.0).astype(np.float32)
-    return Render(rgb, depth, np.rint(np.where(hit, index, 0)).astype(np.int32), png)
+    return Render(rgb, np.where(hit, depth, 0.0).astype(np.float32),
+                  np.rint(np.where(hit, index, 0)).astype(np.int32), png)
 
 
-def _distorted_perspective(camera: Camera) -> bool:
-    return not module("engine.camera_models").get_model(camera.model).fisheye and any(camera.split()[4])
+def _proxy_maker(camera: Camera) -> Callable[[Camera], tuple[Camera, np.ndarray, float]] | None:
+    """How to make `camera`'s proxy, or None for an undistorted perspective model (Blender's camera is exact)."""
+    if module("engine.camera_models").get_model(camera.model).fisheye:
+        return _equidistant_proxy
+    return _pinhole_proxy if any(camera.split()[4]) else None
 
 
-def _pinhole_proxy(camera: Camera) -> tuple[Camera, np.ndarray]:
-    """A PINHOLE camera (same focal lengths) whose image covers every ray of `camera`'s pixels, and the (H, W, 2)
-    position in the proxy image (pixels, COLMAP convention) of each of `camera`'s pixel centres (NaN: no ray)."""
+def _pixel_rays(camera: Camera) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) unit ray (camera frame) through each pixel centre of `camera`, and (H, W) validity (read-only)."""
+    return _rays_of(camera.model, camera.width, camera.height, tuple(camera.params))
+
+
+@functools.lru_cache(maxsize=2)  # the views of a scene usually share one camera; unprojecting LENS_FIELD is slow
+def _rays_of(model: str, width: int, height: int, params: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
-    v, u = np.mgrid[0:camera.height, 0:camera.width] + 0.5
-    rays, valid = module("engine.projection").unproject(
-        camera.model, torch.tensor(camera.params, dtype=torch.float64), torch.from_numpy(np.stack([u, v], -1)))
-    xy = np.where(valid.numpy()[..., None], rays[..., :2].numpy(), np.nan)
-    if not np.isfinite(xy).any():
+    v, u = np.mgrid[0:height, 0:width] + 0.5
+    rays, valid = module("engine.projection").unproject_directions(
+        model, torch.tensor(params, dtype=torch.float64), torch.from_numpy(np.stack([u, v], -1)))
+    rays, valid = rays.numpy(), valid.numpy()
+    rays.setflags(write=False)
+    valid.setflags(write=False)
+    return rays, valid
+
+
+def _pinhole_proxy(camera: Camera) -> tuple[Camera, np.ndarray, float]:
+    """A PINHOLE camera (same focal lengths) whose image covers every ray of `camera`'s pixels, the (H, W, 2)
+    position in the proxy image (pixels, COLMAP convention) of each of `camera`'s pixel centres (NaN: no ray), and
+    the proxy's sampling relative to the camera's at the image centre (1)."""
+    rays, valid = _pixel_rays(camera)
+    valid = valid & (rays[..., 2] > 0)
+    xy = np.where(valid[..., None], rays[..., :2] / np.where(valid, rays[..., 2], 1.0)[..., None], np.nan)
+    if not valid.any():
         raise ValueError(f"camera {camera.model} {camera.params}: no pixel has a ray (distortion too strong?)")
     fx, fy, *_ = camera.split()
     lo, hi = np.nanmin(xy.reshape(-1, 2), axis=0), np.nanmax(xy.reshape(-1, 2), axis=0)
-    margin = 2  # pixels, so bilinear lookups at the border stay inside
-    width, height = (int(np.ceil(f * (b - a))) + 2 * margin for f, a, b in zip((fx, fy), lo, hi))
-    cx, cy = margin - fx * lo[0], margin - fy * lo[1]
+    width, height = (int(np.ceil(f * (b - a))) + 2 * _MARGIN for f, a, b in zip((fx, fy), lo, hi))
+    cx, cy = _MARGIN - fx * lo[0], _MARGIN - fy * lo[1]
     proxy = module("engine.bundle").Camera(camera.id, "PINHOLE", width, height, [fx, fy, cx, cy])
-    return proxy, np.stack([fx * xy[..., 0] + cx, fy * xy[..., 1] + cy], -1)
+    return proxy, np.stack([fx * xy[..., 0] + cx, fy * xy[..., 1] + cy], -1), 1.0
+
+
+def _equidistant_proxy(camera: Camera) -> tuple[Camera, np.ndarray, float]:
+    """A square, centred, undistorted OPENCV_FISHEYE camera covering every ray of `camera`'s pixels, the (H, W, 2)
+    position in the proxy image of each of `camera`'s pixel centres (NaN: no ray), and PROXY_OVERSAMPLING.
+
+    It is rendered with Cycles' FISHEYE_EQUIDISTANT camera, which is exact (checked against ray casts: an N x N
+    render with fisheye_fov F sees, through pixel position p, the ray at angle F / N |p - (N/2, N/2)| from the
+    axis towards p's azimuth, also beyond 90 deg; no ray beyond F / 2, i.e. outside the inscribed circle, which
+    holds all of `camera`'s rays). It samples the equidistant plane
+    PROXY_OVERSAMPLING times more finely than `camera`'s pixels do where they are densest, so resampling does not
+    blur, and covers angles up to the widest ray plus a margin, behind the camera too (up to 180 deg).
+    """
+    rays, valid = _pixel_rays(camera)
+    if not valid.any():
+        raise ValueError(f"camera {camera.model} {camera.params}: no pixel has a ray (distortion too strong?)")
+    x, y, z = np.moveaxis(rays, -1, 0)
+    r = np.hypot(x, y)
+    theta = np.arctan2(r, z)
+    scale = np.where(r > 0, theta / np.where(r > 0, r, 1.0), 1.0)
+    plane = np.where(valid[..., None], np.stack([x * scale, y * scale], -1), np.nan)  # (a, b), see engine.projection
+    steps = np.concatenate([np.hypot(*np.moveaxis(np.diff(plane, axis=axis), -1, 0)).ravel() for axis in (0, 1)])
+    steps = steps[np.isfinite(steps) & (steps > 0)]
+    if steps.size == 0:
+        raise ValueError(f"camera {camera.model} {camera.params}: too few pixels with a ray for a proxy")
+    focal = PROXY_OVERSAMPLING / steps.min()  # proxy pixels per radian on the equidistant plane
+    half = int(np.ceil(focal * np.nanmax(np.where(valid, theta, np.nan)))) + _MARGIN
+    size = 2 * half
+    if size > PROXY_MAX_SIZE:
+        raise ValueError(f"camera {camera.model} {camera.params}: an equidistant proxy would need {size}x{size} px "
+                         f"(more than {PROXY_MAX_SIZE}); the lens is too compressed somewhere")
+    fov = float(np.float32(size / focal))  # what Blender stores (float32), so the grid matches the render
+    focal = size / fov
+    proxy = module("engine.bundle").Camera(camera.id, "OPENCV_FISHEYE", size, size,
+                                           [focal, focal, half, half, 0.0, 0.0, 0.0, 0.0])
+    return proxy, focal * plane + half, PROXY_OVERSAMPLING
 
 
 def _resample(render: Render, grid: np.ndarray) -> Render:
-    """`render` looked up at `grid` (H, W, 2 pixel positions): colours bilinearly; depth (z is unchanged along a
-    ray) bilinearly inside surfaces but from the nearest pixel across edges, where blending would invent a
-    surface; object index from the nearest pixel."""
+    """`render` looked up at `grid` (H, W, 2 pixel positions): colours bilinearly; depth (camera z or distance,
+    the same for the proxy's and the camera's view of a ray) inside surfaces by bilinear interpolation of its
+    inverse (linear in the ray direction on a plane, so exact up to the curvature of the ray map, even at grazing
+    angles where depth itself curves steeply), but from the nearest pixel across edges, where blending would invent
+    a surface; object index from the nearest pixel."""
     import cv2
 
     ok = np.isfinite(grid).all(axis=-1)
@@ -187,7 +267,10 @@ def _resample(render: Render, grid: np.ndarray) -> Render:
         return cv2.remap(image, maps[..., 0], maps[..., 1], interpolation, borderMode=cv2.BORDER_CONSTANT)
 
     index = look_up(render.object_index.astype(np.float32), cv2.INTER_NEAREST)
-    near, linear = look_up(render.depth, cv2.INTER_NEAREST), look_up(render.depth, cv2.INTER_LINEAR)
+    near = look_up(render.depth, cv2.INTER_NEAREST)
+    inverse = look_up(np.where(render.depth > 0, 1.0 / np.maximum(render.depth, 1e-30), 0.0).astype(np.float32),
+                      cv2.INTER_LINEAR)
+    linear = np.where(inverse > 0, 1.0 / np.maximum(inverse, 1e-30), 0.0)
     smooth = (np.abs(linear - near) <= 0.05 * near) & (look_up(render.object_index.astype(np.float32),
                                                                 cv2.INTER_LINEAR) == index)
     return Render(look_up(render.rgb, cv2.INTER_LINEAR), np.where(smooth, linear, near).astype(np.float32),
@@ -213,15 +296,13 @@ def _read_image(path: Path) -> np.ndarray:
     return pixels.reshape(height, width, 4)[::-1]
 
 
-def _ray_z(camera: Camera) -> np.ndarray:
-    """(H, W) z component of the unit ray through each pixel centre (0 where the model has no ray)."""
-    import torch
-
-    projection = module("engine.projection")
-    v, u = np.mgrid[0:camera.height, 0:camera.width] + 0.5
-    rays, valid = projection.unproject_directions(camera.model, torch.tensor(camera.params, dtype=torch.float64),
-                                                  torch.from_numpy(np.stack([u, v], -1)))
-    return np.where(valid.numpy(), rays[..., 2].numpy(), 0.0)
+def _camera_z(distance: np.ndarray, camera: Camera) -> np.ndarray:
+    """Camera z (float32) of the points at `distance` along `camera`'s pixel rays; 0 where the distance is 0 (no
+    surface), where the model has no ray, and where the ray is at 90 deg or more from the optical axis (a fisheye
+    sees there, but camera z cannot place the point: `engine.projection.unproject` has no z = 1 ray for it)."""
+    rays, valid = _pixel_rays(camera)
+    z = distance * np.where(valid, rays[..., 2], 0.0)
+    return np.where(z > 0, z, 0.0).astype(np.float32)
 
 
 def render_views(scene: bpy.types.Scene, views: Sequence[View], cam_objects: Sequence[bpy.types.Object],
