@@ -5,10 +5,12 @@ Mapping (docs/CONVENTIONS.md, checked against Blender in tests/test_blender_came
     lens = fx * sensor_width / W        shift_x = (W/2 - cx) / W        shift_y = (cy - H/2) * (fx/fy) / W
     pixel aspect (x, y) = (1, fx/fy) when fx >= fy, else (fy/fx, 1)
 Perspective models become a PERSP camera, with their radial-tangential distortion on a MovieClip set as the
-camera's background (`bridge.lens`). Fisheye models become a Cycles panoramic camera: FISHEYE_EQUIDISTANT when
-that is exact, else FISHEYE_LENS_POLYNOMIAL fitted to the model. The full calibration is also stored as JSON in
-`camera_data["unposed_calibration"]`, with the Blender settings it produced, so reading the camera back returns it
-unchanged for as long as those settings are untouched.
+camera's background (`bridge.lens`). Fisheye models (also LENS_FIELD, the learned lens) become a Cycles panoramic
+camera, FISHEYE_LENS_POLYNOMIAL fitted to the model (exact for an equidistant lens); the fit's RMS error in pixels is
+shown on the camera data as `camera_data["unposed_fisheye_fit_rms_px"]`. The full calibration
+(model, size, every parameter: a LENS_FIELD's whole displacement grid and its network file too) is also stored as
+JSON in `camera_data["unposed_calibration"]`, with the Blender settings it produced, so reading the camera back
+returns it unchanged for as long as those settings are untouched.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from ..engine.pose import cam_from_world_of_glcam, make_transform, world_from_gl
 from . import lens
 
 CALIBRATION_KEY = "unposed_calibration"
+FIT_RMS_KEY = "unposed_fisheye_fit_rms_px"  # camera data: RMS error (px) of the Cycles polynomial fitted to the lens
 POLYNOMIAL_WARN_PX = 0.5  # warn when a Cycles lens polynomial read back as OPENCV_FISHEYE is off by more
 CONVENTION = "colmap"  # pixel centres at +0.5 (centred principal point = W/2, H/2), OpenCV camera axes
 _PERSP_KEYS = ("type", "sensor_fit", "sensor_width", "lens", "shift_x", "shift_y")
@@ -71,9 +74,14 @@ def apply_camera(scene: bpy.types.Scene, cam_obj: bpy.types.Object, camera: Came
     for key, value in settings.items():
         setattr(data, key, value)
     _set_clip_entry(data, entry, clip)
+    if "fisheye_rms_px" in note:
+        data[FIT_RMS_KEY] = note["fisheye_rms_px"]
+    elif FIT_RMS_KEY in data:
+        del data[FIT_RMS_KEY]
     data[CALIBRATION_KEY] = json.dumps({
         "id": camera.id, "model": camera.model, "width": camera.width, "height": camera.height,
         "params": [float(p) for p in camera.params], "convention": CONVENTION,
+        "lens_network": None if camera.lens_network is None else str(Path(camera.lens_network).resolve()),
         "blender": _fingerprint(data, fx / fy), **note})
 
 
@@ -132,12 +140,9 @@ def _fisheye_settings(camera: Camera) -> tuple[dict, dict]:
     sensor, focal = _sensor_and_lens(fx, width)
     base = {"type": "PANO", "sensor_fit": "HORIZONTAL", "sensor_width": sensor, "lens": focal,
             "shift_x": 0.0, "shift_y": 0.0}
-    # Cycles' equidistant fisheye: theta = fov/2 * |(u, v)|, u and v running over [-1, 1] across the width and
-    # the height, so it is this model exactly only for a square, centred, distortion-free camera.
-    fov = width / fx
-    if (not any(extra) and width == height and fx == fy and cx == width / 2.0 and cy == height / 2.0
-            and lens.FISHEYE_FOV_MIN <= fov <= lens.FISHEYE_FOV_MAX):
-        return {**base, "panorama_type": "FISHEYE_EQUIDISTANT", "fisheye_fov": fov}, {}
+    # Always the lens polynomial (for an undistorted equidistant lens: its linear term alone): Cycles'
+    # FISHEYE_EQUIDISTANT renders only the circle inscribed in the frame, so a full-frame fisheye would lose its
+    # corners.
     fit = lens.fit_fisheye_polynomial(camera, sensor)
     coeffs = {f"fisheye_polynomial_k{i}": k for i, k in enumerate(fit.coeffs)}
     return ({**base, "panorama_type": "FISHEYE_LENS_POLYNOMIAL", "fisheye_fov": fit.fov, **coeffs},
@@ -192,8 +197,9 @@ def _stored_camera(scene: bpy.types.Scene, data: bpy.types.Camera, width: int, h
         return None
     try:
         stored = json.loads(text)
+        network = stored.get("lens_network")
         camera = Camera(int(stored["id"]), stored["model"], int(stored["width"]), int(stored["height"]),
-                        [float(p) for p in stored["params"]])
+                        [float(p) for p in stored["params"]], None if network is None else Path(network))
         check_params(camera.model, camera.params)
         recorded = stored["blender"]
     except (ValueError, KeyError, TypeError, CameraModelError):
@@ -209,7 +215,8 @@ def _stored_camera(scene: bpy.types.Scene, data: bpy.types.Camera, width: int, h
     fx, fy, cx, cy, extra = camera.split()
     s = width / camera.width
     return Camera(camera.id, camera.model, width, height,
-                  model.join(fx * s, fy * s, cx * s, height / 2.0 + (cy - camera.height / 2.0) * s, extra))
+                  model.join(fx * s, fy * s, cx * s, height / 2.0 + (cy - camera.height / 2.0) * s, extra),
+                  camera.lens_network)  # the field's displacements are angles: unchanged by the pixel scale
 
 
 def _same_settings(recorded: dict, current: dict) -> bool:

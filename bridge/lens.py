@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Lens distortion in Blender: MovieClip tracking cameras (Brown / polynomial / division) and the Cycles fisheye
-polynomial.
+polynomial (fitted to any wide lens, LENS_FIELD included).
 
 Blender's scene cameras are ideal pinholes. Radial-tangential distortion lives on `MovieClip.tracking.camera`
 (libmv models, used by the compositor's Movie Distortion node and the clip editor); fisheye lenses are Cycles
@@ -25,17 +25,16 @@ from typing import NamedTuple
 import bpy
 import numpy as np
 
+from ..engine import stmap
 from ..engine.atomic import atomic_file
 from ..engine.bundle import Camera
-from ..engine.camera_models import (distort_equidistant, fisheye_theta_distorted, get_model,
-                                    radial_distortion_factor)
+from ..engine.camera_models import get_model, radial_distortion_factor
 from ..engine.errors import CameraModelError
 
 SENSOR_WIDTH_MM = 36.0  # sensor width given to Blender cameras and clips (full frame; only lens/sensor matters)
 CLIP_TAG = "unposed_clip"  # MovieClip custom property marking a clip made by Unposed
-FISHEYE_FOV_MIN = 0.1745  # Blender's hard limits on Camera.fisheye_fov (radians)
-FISHEYE_FOV_MAX = 31.4159
-_FISHEYE_THETA_LIMIT = math.pi / 2 - 1e-6  # COLMAP's fisheye models see only the front hemisphere (atan of r)
+FISHEYE_FOV_MIN, FISHEYE_FOV_MAX = stmap.FISHEYE_FOV_MIN, stmap.FISHEYE_FOV_MAX  # Blender's limits (radians)
+_FISHEYE_THETA_LIMIT = math.pi / 2 - 1e-6  # OPENCV_FISHEYE read back from a polynomial: the front hemisphere
 
 
 class LensApproximationWarning(UserWarning):
@@ -264,74 +263,22 @@ def _rational_for_brown(fx: float, fy: float, cx: float, cy: float, width: int, 
 
 
 def fit_fisheye_polynomial(camera: Camera, sensor_width: float = SENSOR_WIDTH_MM) -> FisheyeFit:
-    """Cycles' FISHEYE_LENS_POLYNOMIAL for a COLMAP fisheye camera, by weighted least squares.
+    """Cycles' FISHEYE_LENS_POLYNOMIAL for any wide lens (COLMAP fisheye models, LENS_FIELD), by weighted least
+    squares over the lens's rays (`engine.stmap.fit_fisheye_render`, which documents the fit).
 
-    Cycles casts the ray of sensor point (u, v) mm, measured from the image centre, at the angle
-    theta = -(k0 + k1 r + k2 r^2 + k3 r^3 + k4 r^4) from the axis, r = |(u, v)|, towards the point's azimuth,
-    and cuts rays beyond fisheye_fov / 2. The model maps theta to the pixel radius f * theta_d(theta). We fit
-    theta(r) with k0 = 0 (the centre ray is the axis) over the model's valid, monotonic range, each sample weighted
-    by its pixel error per radian and by its radius (pixel area). `rms_px` is measured over a grid of pixels by
-    projecting each Cycles ray with the full model: it includes what Cycles cannot represent — a principal point
-    off the image centre (also warned about, LensApproximationWarning) and THIN_PRISM_FISHEYE's non-radial terms.
+    `rms_px` is measured over a grid of pixels by projecting each Cycles ray with the full lens: it includes what
+    Cycles cannot represent — a principal point off the image centre (also warned about, LensApproximationWarning),
+    THIN_PRISM_FISHEYE's non-radial terms, a LENS_FIELD's non-radial displacements.
     """
-    model = get_model(camera.model)
-    if not model.fisheye:
-        raise CameraModelError(f"{camera.model} is not a fisheye model")
-    fx, fy, cx, cy, extra = camera.split()
-    width, height = camera.width, camera.height
-    mm_per_unit = fx * sensor_width / width  # sensor mm per unit of theta_d (horizontal pixels / fx)
-    aspect = fx / fy  # vertical sensor mm per pixel is aspect times the horizontal one (pixel aspect, see camera.py)
-    r_corner = 0.5 * sensor_width * math.hypot(1.0, height * aspect / width)
-
-    theta = np.linspace(0.0, _FISHEYE_THETA_LIMIT, 20000)
-    td = np.asarray(fisheye_theta_distorted(model.name, extra, theta), dtype=np.float64)
-    rising = np.diff(td) > 0
-    valid_end = int(np.argmin(rising)) if not rising.all() else len(theta) - 1
-    if valid_end < 2:
-        raise CameraModelError(f"{camera.model} params {camera.params}: theta_d does not increase from the axis")
-    # Fit a little past the image corner so corner pixels stay inside the fitted range.
-    inside = td[: valid_end + 1] * mm_per_unit <= 1.02 * r_corner
-    end = min(valid_end, int(np.argmin(inside)) if not inside.all() else valid_end)
-    theta_end = float(theta[end])
-    theta_s = np.linspace(0.0, theta_end, 600)[1:]
-    td_s = np.asarray(fisheye_theta_distorted(model.name, extra, theta_s), dtype=np.float64)
-    r_s = td_s * mm_per_unit
-    dtd = np.gradient(td_s, theta_s)
-    weight = fx * dtd * np.sqrt(r_s)  # px per radian, times sqrt(pixel area per radius)
-    scale = r_s[-1]
-    design = np.stack([(r_s / scale) ** i for i in range(1, 5)], axis=1)
-    c, *_ = np.linalg.lstsq(design * weight[:, None], theta_s * weight, rcond=None)
-    coeffs = (0.0, *(-float(ci) / scale ** i for i, ci in zip(range(1, 5), c)))
-    fov = min(max(2.0 * theta_end, FISHEYE_FOV_MIN), FISHEYE_FOV_MAX)
-    rms = _fisheye_rms(camera, coeffs, fov, sensor_width)
-    offset = math.hypot(cx - width / 2.0, cy - height / 2.0)
+    render, rms = stmap.fit_fisheye_render(camera, sensor_width)
+    _, _, cx, cy, _ = camera.split()
+    offset = math.hypot(cx - camera.width / 2.0, cy - camera.height / 2.0)
     if offset > 0.01:
         warnings.warn(LensApproximationWarning(
             f"{camera.model} principal point ({cx:.2f}, {cy:.2f}) is {offset:.2f} px from the centre of the "
-            f"{width}x{height} image; Cycles fisheye cameras are always centred (RMS error {rms:.2f} px)"),
-            stacklevel=2)
-    return FisheyeFit(coeffs, fov, rms)
-
-
-def _fisheye_rms(camera: Camera, coeffs: tuple[float, ...], fov: float, sensor_width: float,
-                 samples: int = 96) -> float:
-    """RMS pixel distance, over a grid of pixel centres inside the fov, from each pixel to where the model images
-    the ray that Cycles casts through it."""
-    fx, fy, cx, cy, extra = camera.split()
-    width, height = camera.width, camera.height
-    u = (np.arange(samples) + 0.5) * width / samples
-    v = (np.arange(samples) + 0.5) * height / samples
-    u, v = np.meshgrid(u, v)
-    mm = sensor_width / width
-    su, sv = (u - width / 2.0) * mm, (v - height / 2.0) * mm * fx / fy
-    r = np.hypot(su, sv)
-    theta = -sum(k * r ** i for i, k in enumerate(coeffs))
-    keep = theta <= fov / 2.0
-    phi = np.arctan2(sv, su)
-    a, b = theta * np.cos(phi), theta * np.sin(phi)
-    ad, bd = distort_equidistant(camera.model, extra, a, b)
-    err = np.hypot(cx + fx * ad - u, cy + fy * bd - v)[keep]
-    return float(np.sqrt(np.mean(err ** 2))) if err.size else 0.0
+            f"{camera.width}x{camera.height} image; Cycles fisheye cameras are always centred (RMS error "
+            f"{rms:.2f} px)"), stacklevel=2)
+    return FisheyeFit(render.coeffs, render.fov, rms)
 
 
 def polynomial_fisheye_camera(coeffs: tuple[float, ...], fov: float, width: int, height: int,

@@ -123,18 +123,23 @@ def scene_from_blender(context: bpy.types.Context, objects: Iterable[bpy.types.O
 
     # Group identical intrinsics; keep a recorded camera id when all members agree on it and no group before has it.
     groups: dict[tuple, list[int]] = {}
+    def key(camera: Camera) -> tuple:
+        network = None if camera.lens_network is None else str(camera.lens_network)
+        return camera.model, camera.width, camera.height, tuple(camera.params), network
+
     for i, (camera, _) in enumerate(read):
-        groups.setdefault((camera.model, camera.width, camera.height, tuple(camera.params)), []).append(i)
+        groups.setdefault(key(camera), []).append(i)
     recorded = [{_int_prop(cams[i], CAMERA_ID_PROP) for i in members} for members in groups.values()]
     ids = _assign([r.pop() if len(r) == 1 else None for r in recorded], _next_id)
     camera_ids = dict(zip(groups, ids))
-    cameras = {camera_ids[key]: Camera(camera_ids[key], key[0], key[1], key[2], list(key[3])) for key in groups}
+    cameras = {camera_ids[key]: Camera(camera_ids[key], key[0], key[1], key[2], list(key[3]),
+                                       lens_network=None if key[4] is None else Path(key[4])) for key in groups}
 
     stored_names = [obj.get(IMAGE_NAME_PROP) for obj in cams]
     names = _assign([n if isinstance(n, str) else None for n in stored_names],
                     lambda i, taken: _unique_name(cams[i].name, taken))
     image_ids = _assign([_int_prop(obj, IMAGE_ID_PROP) for obj in cams], _next_id)
-    images = [Image(image_id, name, camera_ids[(camera.model, camera.width, camera.height, tuple(camera.params))],
+    images = [Image(image_id, name, camera_ids[key(camera)],
                     pose, path=photo_path(obj.data))
               for obj, (camera, pose), name, image_id in zip(cams, read, names, image_ids)]
 

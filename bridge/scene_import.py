@@ -3,12 +3,21 @@
 
 Everything is validated before Blender data is touched; the new objects are built unlinked and only linked into
 the scene once all of them exist, and any failure while building removes every datablock it created and restores
-the render settings, so the file is left as it was. Importing again from the same source replaces the Unposed objects of the collection imported
+the render settings, so the file is left as it was. Importing again from the same source replaces the Unposed objects
+of the collection imported
 from it earlier (and their orphaned cameras, meshes, photos and clips) and leaves everything else alone.
+
+Lenses Blender's scene camera cannot show exactly (every distorted perspective model, fisheye polynomial fits,
+LENS_FIELD) get, with `stmap_dir`, a pair of ST-maps per bundle camera written there and a compositor node group
+that distorts CG through them (`bridge.stmap`); a group from an earlier import of the same source is replaced
+in place (its users keep the new one). What Blender made of each lens, with the fisheye fit's RMS error, is kept
+as one line of text on the collection (`lens_summary`).
 """
 from __future__ import annotations
 
+import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import bpy
@@ -18,13 +27,15 @@ from ..engine.bundle import Scene, check_pose
 from ..engine.camera_models import check_params
 from ..engine.errors import BundleError, CameraModelError
 from ..engine.pose import camera_center
+from ..engine.stmap import STMaps
 from . import camera as camera_bridge
-from . import pointcloud
+from . import pointcloud, stmap
 
 SOURCE_PROP = "unposed_source"  # on the collection and on each object it imported: what was imported
 UNITS_PROP = "unposed_units"  # on the collection: the bundle's units
 IMAGE_ID_PROP, IMAGE_NAME_PROP, CAMERA_ID_PROP = "unposed_image_id", "unposed_image_name", "unposed_camera_id"
 NO_PHOTO_PROP = "unposed_no_photo"  # on a lens clip made for an image without a photo (its frame is blank)
+LENS_SUMMARY_PROP = "unposed_lens_summary"  # on the collection: what Blender made of each lens (`lens_summary`)
 CAMERA_DISPLAY_FRACTION = 0.1  # camera display size as a fraction of the scene scale (pointcloud.scene_scale)
 ASPECT_TOLERANCE = 0.01  # relative difference allowed between a photo's aspect ratio and its camera's
 
@@ -172,17 +183,87 @@ def _build(context: bpy.types.Context, scene: Scene, name: str, source: str) -> 
     return objects
 
 
+@dataclass
+class _LensMaps:
+    """ST-maps written for one bundle camera, its distort node group and the Blender cameras that use them."""
+    camera_id: int
+    maps: STMaps
+    paths: tuple[Path, Path]  # distort, undistort
+    name: str  # the node group's name
+    objects: list[bpy.types.Object]
+    image: bpy.types.Image  # the distort map, as the group reads it
+    group: bpy.types.NodeTree
+
+
+def _lenses(scene: Scene, cameras: list[bpy.types.Object], name: str,
+            stmap_dir: Path | None) -> tuple[str, list[_LensMaps]]:
+    """For each bundle camera whose lens Blender cannot show exactly: a line of the lens summary and, with
+    `stmap_dir`, its ST-maps and distort node group."""
+    by_camera: dict[int, list[bpy.types.Object]] = {}
+    for obj in cameras:
+        by_camera.setdefault(int(obj[CAMERA_ID_PROP]), []).append(obj)
+    lines, made = [], []
+    for cid, objs in by_camera.items():
+        camera, data = scene.cameras[cid], objs[0].data
+        render = stmap.render_camera(data, camera)
+        if render is None:
+            continue
+        line = f"camera {cid} {camera.model}: " + ("Cycles fisheye polynomial" if data.type == "PANO"
+                                                   else "pinhole + lens clip")
+        rms = data.get(camera_bridge.FIT_RMS_KEY)
+        if rms is not None:
+            line += f", fit RMS {rms:.2f} px"
+        if stmap_dir is not None:
+            maps, distort, undistort = stmap.write_stmaps(camera, render, stmap_dir)
+            group_name = f"{stmap.GROUP_PREFIX} {name} camera {cid}"
+            image = stmap.load_map(distort)
+            made.append(_LensMaps(cid, maps, (distort, undistort), group_name, objs, image,
+                                  stmap.distort_group(group_name, image)))
+            line += f", ST-maps for a {maps.render.width}x{maps.render.height} render"
+        lines.append(line)
+    return "; ".join(lines), made
+
+
+def _place_lens_groups(made: list[_LensMaps], source: str) -> None:
+    """Tag the new distort groups, hand them the users of the groups an earlier import of `source` made (then
+    removed with their maps' images), give them their names and note them on their cameras."""
+    new = {lens.group.session_uid for lens in made}
+    old = [g for g in bpy.data.node_groups if g.get(SOURCE_PROP) == source and g.session_uid not in new]
+    images = [n.image for g in old for n in g.nodes if n.bl_idname == "CompositorNodeImage" and n.image is not None]
+    for lens in made:
+        for group in old:
+            if group.get(CAMERA_ID_PROP) == lens.camera_id:
+                group.user_remap(lens.group)
+    bpy.data.batch_remove(old)
+    bpy.data.batch_remove([image for image in {i.session_uid: i for i in images}.values() if image.users == 0])
+    for lens in made:
+        group = lens.group
+        group.name = lens.name  # free now if an earlier import held it
+        group[SOURCE_PROP], group[CAMERA_ID_PROP] = source, lens.camera_id
+        lens.image.name = lens.paths[0].name
+        for obj in lens.objects:
+            stmap.record(obj.data, lens.maps, *lens.paths, group.name)
+
+
+def lens_summary(collection: bpy.types.Collection) -> str:
+    """What the import made of each lens Blender cannot show exactly (fit RMS, ST-maps), or ''."""
+    return str(collection.get(LENS_SUMMARY_PROP, ""))
+
+
 def _in_scene(collection: bpy.types.Collection, scene: bpy.types.Scene) -> bool:
     return collection == scene.collection or collection in scene.collection.children_recursive
 
 
-def import_bundle(context: bpy.types.Context, scene: Scene, name: str, source: str) -> bpy.types.Collection:
+def import_bundle(context: bpy.types.Context, scene: Scene, name: str, source: str,
+                  stmap_dir: str | os.PathLike | None = None) -> bpy.types.Collection:
     """Import `scene` as cameras (one per image, photo as background) and its point cloud; returns the collection.
 
     `source` identifies what was imported (e.g. the resolved input path): the collection imported earlier from
     the same source gets its Unposed objects replaced instead of a new collection being made. The scene's active
-    camera becomes the first image's camera and the render resolution follows its camera. Raises BundleError
-    (naming the problem) with the file unchanged.
+    camera becomes the first image's camera and the render resolution follows its camera. With `stmap_dir` (e.g.
+    `<bundle>/stmaps`), lenses Blender cannot show exactly get ST-maps written there and a distort node group
+    (module docstring); `lens_summary(collection)` says what was made. Raises BundleError (naming the problem) or
+    OSError (ST-maps not writable) with the Blender file unchanged (ST-map files already written stay).
     """
     before = _snapshot()
     render = context.scene.render
@@ -190,6 +271,8 @@ def import_bundle(context: bpy.types.Context, scene: Scene, name: str, source: s
     try:
         validate(scene)  # may load a photo of a format it cannot size from its header
         objects = _build(context, scene, name, source)
+        summary, lenses = _lenses(scene, [obj for obj in objects if obj.type == "CAMERA"], name,
+                                  None if stmap_dir is None else Path(stmap_dir))
     except BaseException:
         _remove_new(before)
         for key, value in render_before.items():
@@ -202,6 +285,8 @@ def import_bundle(context: bpy.types.Context, scene: Scene, name: str, source: s
     else:
         _remove_imported_objects(collection)
     collection[UNITS_PROP] = scene.units
+    collection[LENS_SUMMARY_PROP] = summary
+    _place_lens_groups(lenses, source)
     if not _in_scene(collection, context.scene):
         context.scene.collection.children.link(collection)
     for obj in objects:

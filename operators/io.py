@@ -86,15 +86,19 @@ class UNPOSED_OT_import_scene(_SceneIO, bpy.types.Operator):
         bundle = self._source if self._is_bundle else self._temp / "bundle"
         try:
             scene = read_bundle(bundle)  # photos stay where they are: the temporary bundle can go afterwards
+            # ST-maps of lenses Blender cannot show go next to what was imported
+            stmaps = (self._source if self._source.is_dir() else self._source.parent) / "stmaps"
             collection = scene_import.import_bundle(context, scene, _display_name(self._source),
-                                                    str(self._source.resolve()))
+                                                    str(self._source.resolve()), stmap_dir=stmaps)
         except (EngineError, ValueError, OSError) as exc:
             self.report({'ERROR'}, f"{self.bl_label}: {exc}")
             return {'CANCELLED'}
         finally:
             self._remove_temp()
         points = f" and {len(scene.points):,} points" if scene.points is not None else ""
-        self.report({'INFO'}, f"Imported {len(scene.images)} cameras{points} into {collection.name!r}")
+        lens = scene_import.lens_summary(collection)
+        self.report({'INFO'}, f"Imported {len(scene.images)} cameras{points} into {collection.name!r}"
+                              + (f"; {lens}" if lens else ""))
         return {'FINISHED'}
 
     def job_cleanup(self, context: bpy.types.Context) -> None:

@@ -96,14 +96,17 @@ class UNPOSED_OT_reconstruct(BrowseThenRunOperator, bpy.types.Operator):
     def job_finished(self, context: bpy.types.Context, result: dict[str, Any]) -> set[str]:
         try:
             scene = read_bundle(self._out)
-            collection = scene_import.import_bundle(context, scene, self._name, str(self._out.resolve()))
+            collection = scene_import.import_bundle(context, scene, self._name, str(self._out.resolve()),
+                                                    stmap_dir=self._out / "stmaps")
         except (EngineError, ValueError, OSError) as exc:
             self.report({'ERROR'}, f"{self.bl_label}: the reconstruction in {self._out} cannot be imported: {exc}")
             return {'CANCELLED'}
         points = f" and {len(scene.points):,} points" if scene.points is not None else ""
         self.report({'INFO'}, f"Reconstructed {len(scene.images)} of {result.get('photos', len(scene.images))} "
                               f"cameras{points} ({result.get('backend', '?')}) into {collection.name!r}; "
-                              f"saved in {self._out}")
+                              f"saved in {self._out}"
+                              + (f"; {scene_import.lens_summary(collection)}" if scene_import.lens_summary(collection)
+                                 else ""))
         return {'FINISHED'}
 
 

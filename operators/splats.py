@@ -191,11 +191,12 @@ class UNPOSED_OT_train_splats(BrowseThenRunOperator, bpy.types.Operator):
         collection = scene_import.find_imported(source)
         try:
             if collection is None:  # not in the scene yet: import the trained bundle (under the input's name)
-                collection = scene_import.import_bundle(context, scene, self._bundle.name, source)
+                collection = scene_import.import_bundle(context, scene, self._bundle.name, source,
+                                                        stmap_dir=self._out / "stmaps")
                 updated = len(scene.images)
             else:  # validated above, so this does not fail part way
                 updated = _update_cameras(context, collection, scene)
-        except (EngineError, ValueError) as exc:
+        except (EngineError, ValueError, OSError) as exc:
             mesh = obj.data
             bpy.data.objects.remove(obj)
             bpy.data.meshes.remove(mesh)

@@ -355,7 +355,9 @@ def test_fisheye_camera_settings_and_read_back(unposed, empty_scene):
 
     equidistant = Camera(1, "OPENCV_FISHEYE", 300, 300, [100.0, 100.0, 150.0, 150.0, 0.0, 0.0, 0.0, 0.0])
     bridge.apply_camera(scene, obj, equidistant)
-    assert data.panorama_type == "FISHEYE_EQUIDISTANT" and data.fisheye_fov == pytest.approx(3.0)
+    # the lens polynomial, linear, reaching the corners (FISHEYE_EQUIDISTANT renders only the inscribed circle)
+    assert data.panorama_type == "FISHEYE_LENS_POLYNOMIAL" and data.fisheye_fov > 3.0 * 2 ** 0.5 - 1e-3
+    assert data["unposed_fisheye_fit_rms_px"] < 0.01
     del data[bridge.CALIBRATION_KEY]
     derived, _ = bridge.camera_from_blender(scene, obj)
-    np.testing.assert_allclose(derived.params, equidistant.params, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(derived.params, equidistant.params, rtol=1e-4, atol=1e-4)

@@ -128,7 +128,9 @@ def test_fisheye_equidistant(unposed, empty_scene):
     f = 160 / np.radians(200.0)
     camera = unposed.engine.bundle.Camera(1, "OPENCV_FISHEYE", 160, 160, [f, f, 80.0, 80.0, 0.0, 0.0, 0.0, 0.0])
     _check_spheres(empty_scene, obj, unposed, camera, radius_px=1.5)
-    assert obj.data.panorama_type == "FISHEYE_EQUIDISTANT"
+    # the lens polynomial's linear term (FISHEYE_EQUIDISTANT would render only the inscribed circle)
+    assert obj.data.panorama_type == "FISHEYE_LENS_POLYNOMIAL"
+    assert obj.data["unposed_fisheye_fit_rms_px"] < 0.01
 
 
 def test_fisheye_fitted_polynomial(unposed, empty_scene):
