@@ -1,5 +1,5 @@
 """`python -m engine train BUNDLE [--iters N] [--calibrate focal,pp,pose,distortion] [--lens keep|pinhole|radial|
-opencv|fisheye] [--device auto|cpu|cuda] [--out BUNDLE]`
+opencv|fisheye|field|auto] [--tracks auto|on|off] [--cubemap auto|always|never] [--device auto|cpu|cuda] [--out BUNDLE]`
 
 Trains Gaussian splats on a bundle's photos while refining its cameras (engine.splats.train), then writes the bundle
 (in place, or to --out) atomically with the trained cameras and poses, `splats.ply` (standard 3DGS layout; top-level
@@ -54,9 +54,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibrate", type=_calibrate, default=("focal", "pp", "pose", "distortion"),
                         help="camera quantities to refine: comma-separated focal,pp,pose,distortion, or none "
                              "(default: all)")
-    parser.add_argument("--lens", choices=("keep", "pinhole", "radial", "opencv", "fisheye"), default="keep",
+    parser.add_argument("--lens", choices=("keep", "pinhole", "radial", "opencv", "fisheye", "field", "auto"),
+                        default="keep",
                         help="camera model to train with: keep the bundle's, or convert to pinhole, radial "
-                             "(RADIAL/OPENCV), opencv or fisheye (OPENCV_FISHEYE) (default keep)")
+                             "(RADIAL/OPENCV), opencv, fisheye (OPENCV_FISHEYE) or field (LENS_FIELD, a learned "
+                             "lens); auto: field for fisheye and wide lenses, else keep (default keep)")
+    parser.add_argument("--cubemap", choices=("auto", "always", "never"), default="auto",
+                        help="render through a cubemap (auto: lenses one perspective view cannot cover well)")
+    parser.add_argument("--tracks", choices=("auto", "on", "off"), default="auto",
+                        help="feature tracks constraining calibration: a bundle adjustment before training and a "
+                             "fading reprojection loss during it (auto: when calibrating and tracks are found)")
     parser.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1 ... (default auto)")
     parser.add_argument("--shared-intrinsics", action="store_true",
                         help="one focal, principal point and distortion for all cameras (same model and size)")
@@ -99,7 +106,8 @@ def config_from_args(args: argparse.Namespace):
                        batch_size=args.batch_size, test_every=args.test_every, eval_every=args.eval_every,
                        eval_pose_steps=args.eval_pose_steps, random_init=args.random_init,
                        background=args.background, seed=args.seed, checkpoint_every=args.checkpoint_every,
-                       calib_start=args.iters // 10, calib_ramp=max(1, args.iters // 20),
+                       tracks=args.tracks, cubemap=args.cubemap, calib_start=args.iters // 10,
+                       calib_ramp=max(1, args.iters // 20),
                        densify=DensifyConfig(max_gaussians=args.max_gaussians))
 
 
@@ -135,6 +143,7 @@ def _carried_files(source: Path, skip: set[Path]) -> dict[str, Path]:
 def write_outputs(scene, source: Path, out: Path, result) -> Path:
     """The input `scene` with the trained cameras, poses, splats and curves, written atomically as a bundle."""
     from ..bundle import POINTS_FILE, SCENE_FILE, write_bundle
+    from ..lens_field import save_network
     from ..splats.ply import write_splats
 
     for image in scene.images:
@@ -151,6 +160,8 @@ def write_outputs(scene, source: Path, out: Path, result) -> Path:
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".train-out", dir=out.parent) as tmp:
         tmp = Path(tmp)
         write_splats(tmp / "splats.ply", result.splats)
+        for cid, field in result.lens_fields.items():  # write_bundle copies them into the bundle's lens/ folder
+            scene.cameras[cid].lens_network = save_network(tmp / f"camera_{cid}.npz", field)
         (tmp / "curves.json").write_text(json.dumps(result.curves, indent=1), encoding="utf-8")
         (tmp / "curves.csv").write_text(_curves_csv(result.curves), encoding="utf-8")
         extra.update({SPLATS_FILE: tmp / "splats.ply", CURVES_JSON: tmp / "curves.json",

@@ -30,17 +30,38 @@ from ..projection import project, unproject_directions
 
 CALIBRATABLE = ("focal", "pp", "pose", "distortion")
 LEARNABLE_DISTORTION = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV",
-                        "SIMPLE_RADIAL_FISHEYE", "RADIAL_FISHEYE", "OPENCV_FISHEYE")
-LENSES = ("keep", "pinhole", "radial", "opencv", "fisheye")
+                        "SIMPLE_RADIAL_FISHEYE", "RADIAL_FISHEYE", "OPENCV_FISHEYE", "LENS_FIELD")
+LENSES = ("keep", "pinhole", "radial", "opencv", "fisheye", "field", "auto")
+WIDE_ANGLE_DEG = 60.0  # --lens auto: a learned field when some pixel's ray is further than this from the axis
+
+
+def widest_ray_deg(camera: Camera) -> float:
+    """The largest angle (degrees) between the optical axis and the ray of a pixel on the image border."""
+    n = 16
+    t = torch.arange(n + 1, dtype=torch.float64) / n
+    u, v = t * camera.width, t * camera.height
+    border = torch.cat([torch.stack([u, torch.zeros_like(u)], -1), torch.stack([u, torch.full_like(u, camera.height)],
+                        -1), torch.stack([torch.zeros_like(v), v], -1),
+                        torch.stack([torch.full_like(v, camera.width), v], -1)])
+    rays, ok = unproject_directions(camera.model, torch.tensor(camera.params, dtype=torch.float64), border)
+    if not bool(ok.any()):
+        return 180.0
+    return float(torch.rad2deg(torch.arccos(rays[ok][:, 2].clamp(-1, 1))).max())
 
 
 def lens_model(camera: Camera, lens: str) -> str:
     """The model a camera is trained with under `--lens`: `keep` leaves it; `pinhole` is SIMPLE_PINHOLE or PINHOLE
-    and `radial` RADIAL or OPENCV (one focal or two, following the camera's fx == fy); `opencv` is OPENCV and
-    `fisheye` OPENCV_FISHEYE."""
+    and `radial` RADIAL or OPENCV (one focal or two, following the camera's fx == fy); `opencv` is OPENCV,
+    `fisheye` OPENCV_FISHEYE and `field` the learned LENS_FIELD; `auto` is LENS_FIELD for fisheye models and lenses
+    seeing further than WIDE_ANGLE_DEG from the axis (parametric models fit those badly at the edges), else keep."""
     if lens not in LENSES:
         raise CameraModelError(f"unknown lens {lens!r}; choose one of {', '.join(LENSES)}")
-    if lens == "keep":
+    if lens == "auto":
+        wide = get_model(camera.model).fisheye or widest_ray_deg(camera) > WIDE_ANGLE_DEG
+        return "LENS_FIELD" if wide else camera.model
+    if lens == "field":
+        return "LENS_FIELD"
+    if lens == "keep" or camera.model == "LENS_FIELD":
         return camera.model
     fx, fy, *_ = camera.split()
     square = abs(fx - fy) <= 1e-9 * fx
@@ -185,15 +206,18 @@ class GroupAdam(torch.optim.Optimizer):
                 p.sub_(group["lr"] * m / (1 - b1 ** state["step"]) / (v_hat ** 0.5 + group["eps"]))
 
 
-# --- the learnable rig -------------------------------------------------------------------------------------------------
+# --- the learnable rig ---------------------------------------------------------------------------------------------
 
 class CameraRig(torch.nn.Module):
     """Cameras and poses of one scene as differentiable functions of learnable deltas (module docstring)."""
 
     def __init__(self, cameras: Sequence[Camera], image_cameras: Sequence[int], poses: np.ndarray,
-                 scene_scale: float = 1.0, shared: bool = False, dtype: torch.dtype = torch.float32) -> None:
+                 scene_scale: float = 1.0, shared: bool = False, dtype: torch.dtype = torch.float32,
+                 fields: dict[int, "LensField"] | None = None) -> None:
         """`cameras`: in their training models; `image_cameras[i]`: index into `cameras` of image i;
-        `poses`: (n_images, 4, 4) cam_from_world."""
+        `poses`: (n_images, 4, 4) cam_from_world; `fields`: networks of LENS_FIELD cameras by index into
+        `cameras` (from `engine.lens_field`; a LENS_FIELD camera without one gets a network fitted to its grid,
+        or loaded from its `lens_network` file)."""
         super().__init__()
         self.cameras = [Camera(c.id, c.model, c.width, c.height, list(c.params)) for c in cameras]
         if shared:
@@ -208,10 +232,17 @@ class CameraRig(torch.nn.Module):
         self.group_of_camera = [0 if shared else i for i in range(len(self.cameras))]
         self.image_cameras = list(image_cameras)
         n_groups = 1 if shared else len(self.cameras)
-        n_extra = max(len(get_model(c.model).extra_params) for c in self.cameras)
+        self.fields = torch.nn.ModuleDict()  # group -> LensField (the distortion of LENS_FIELD cameras)
+        n_extra = max([len(get_model(c.model).extra_params) for c in self.cameras if c.model != "LENS_FIELD"] + [0])
         base = torch.zeros(len(self.cameras), 4 + n_extra, dtype=dtype)
         for i, cam in enumerate(self.cameras):
             fx, fy, cx, cy, extra = cam.split()
+            if cam.model == "LENS_FIELD":
+                field = self._field(i, cam, fields or {})
+                self.fields[str(self.group_of_camera[i])] = field.to(dtype)
+                if field.intrinsics is not None:  # the focal the network was fitted with
+                    fx, fy, cx, cy = field.intrinsics
+                extra = ()
             base[i, :4] = torch.tensor([fx, fy, cx, cy], dtype=dtype)
             base[i, 4:4 + len(extra)] = torch.tensor(extra, dtype=dtype)
         self.register_buffer("base", base)
@@ -220,6 +251,28 @@ class CameraRig(torch.nn.Module):
         self.pp = torch.nn.Parameter(torch.zeros(n_groups, 2, dtype=dtype))
         self.distortion = torch.nn.Parameter(torch.zeros(n_groups, n_extra, dtype=dtype))
         self.pose = torch.nn.Parameter(torch.zeros(len(self.poses0), 6, dtype=dtype))
+
+    def _field(self, index: int, camera: Camera, fields: dict) -> "LensField":
+        from ..lens_field import LensField, load_network
+
+        group = str(self.group_of_camera[index])
+        if group in self.fields:  # shared intrinsics: one field
+            return self.fields[group]
+        if index in fields:
+            return fields[index]
+        if camera.lens_network is not None:
+            field = load_network(camera.lens_network)
+            with torch.no_grad():
+                field.intrinsics = tuple(float(v) for v in camera.params[:4])
+            return field
+        return LensField.fit(camera)[0]
+
+    def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        """The learnable tensors of each calibratable quantity (CALIBRATABLE); distortion holds the parametric
+        deltas (when any camera has parametric distortion) and every lens field's network."""
+        parametric = [self.distortion] if self.distortion.numel() else []
+        return {"focal": [self.log_focal], "pp": [self.pp], "distortion": parametric + list(self.fields.parameters()),
+                "pose": [self.pose]}
 
     def learnable(self, what: str) -> list[str]:
         """Why `what` cannot be calibrated (empty when it can)."""
@@ -235,6 +288,8 @@ class CameraRig(torch.nn.Module):
         scale = torch.exp(self.log_focal[g])
         cx = base[2] + cam.width * self.pp[g, 0]
         cy = base[3] + cam.width * self.pp[g, 1]
+        if cam.model == "LENS_FIELD":
+            return self.fields[str(g)].params(base[0] * scale, base[1] * scale, cx, cy)
         n = len(model.extra_params)
         extra = base[4:4 + n] + self.distortion[g, :n]
         head = [base[0] * scale, cx, cy] if model.shared_focal else [base[0] * scale, base[1] * scale, cx, cy]
@@ -246,6 +301,11 @@ class CameraRig(torch.nn.Module):
         xi = torch.cat([xi[:3], xi[3:] * self.scene_scale])
         return se3_exp(xi) @ self.poses0[image]
 
+    def all_cam_from_world(self) -> torch.Tensor:
+        """(n_images, 4, 4) poses of every image (`cam_from_world` batched)."""
+        xi = torch.cat([self.pose[:, :3], self.pose[:, 3:] * self.scene_scale], 1)
+        return se3_exp(xi) @ self.poses0
+
     def image_camera(self, image: int) -> tuple[Camera, torch.Tensor]:
         index = self.image_cameras[image]
         return self.cameras[index], self.camera_params(index)
@@ -256,6 +316,8 @@ class CameraRig(torch.nn.Module):
         out = []
         for i, cam in enumerate(self.cameras):
             params = [float(p) for p in self.camera_params(i).double()]
+            if cam.model == "LENS_FIELD":  # exact grid radius (its network file records it in float64)
+                params[4] = self.fields[str(self.group_of_camera[i])].radius
             out.append(Camera(cam.id, cam.model, cam.width, cam.height, params))
         return out
 

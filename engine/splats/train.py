@@ -3,9 +3,13 @@
 One step renders a batch of training views (projection `project`, compositor `raster_torch` or, on CUDA,
 `raster_gsplat`), takes the L1 + D-SSIM loss against the photos and updates the Gaussians (one Adam per attribute,
 3DGS learning rates) and the calibrated camera quantities (`cameras.CameraRig`, one Adam with warm-up schedules).
-Density control is `densify`. Every `test_every`-th image is held out; evaluation first refines each held-out view's
-pose against the frozen splats (so a view whose starting pose is off is not scored for that), then reports PSNR and
-SSIM. Checkpoints (atomic, `torch.save`) hold everything needed to resume; a non-finite loss stops training with
+Density control is `densify`. When calibrating, feature tracks (`engine.tracks`) first bundle-adjust the cameras
+and then stay in the loss with a fading weight (`track_loss`: photometric gradients alone are biased while the
+splats are poor). Lenses one perspective view cannot cover render through a cubemap (`cubemap`), and fisheye
+images are scored only where the lens sees. Every `test_every`-th image is held out; evaluation first refines
+each held-out view's pose against the frozen splats (so a view whose starting pose is off is not scored for that),
+then reports PSNR and SSIM. Checkpoints (atomic, `torch.save`) hold everything needed to resume; a non-finite loss
+stops training with
 `TrainingDiverged` before anything is overwritten, and a cancel (KeyboardInterrupt / CancelledError) saves a
 checkpoint of the (healthy) current state and re-raises.
 """
@@ -32,8 +36,10 @@ from .densify import DensifyConfig, Densifier, GsplatDensifier
 from .ply import Splats
 from .project import project_gaussians
 from .sh import C0, num_coefficients, sh_colors
+from .track_loss import TrackLoss, bundle_adjust
 
 CHECKPOINT_VERSION = 1
+MIN_TRACK_OBSERVATIONS = 10  # per training view on average, or tracks are not used (too weak to constrain)
 PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
 
 
@@ -45,7 +51,8 @@ class TrainingDiverged(EngineError):
 class TrainConfig:
     iterations: int = 7000
     calibrate: tuple[str, ...] = CALIBRATABLE  # any of focal, pp, pose, distortion
-    lens: str = "keep"  # keep | pinhole | radial | opencv | fisheye (cameras.lens_model)
+    lens: str = "keep"  # keep | pinhole | radial | opencv | fisheye | field | auto (cameras.lens_model)
+    cubemap: str = "auto"  # auto (lenses cubemap.needs_cubemap says one face cannot cover) | always | never
     shared_intrinsics: bool = False
     device: str = "cpu"
     rasterizer: str = "auto"  # auto (gsplat on CUDA when installed, else torch) | torch | gsplat
@@ -81,6 +88,22 @@ class TrainConfig:
     calib_start: int = 700  # calibration waits until the splats render the photos roughly (early renders are
     calib_ramp: int = 350  # biased: e.g. too-large initial splats favour a longer focal)
     calib_final: float = 0.1
+    # feature tracks (`track_loss`): auto = when calibrating (cameras are first bundle-adjusted on the tracks, then
+    # the track loss stays in the training loss with a weight fading linearly to track_final over track_fade steps)
+    tracks: str = "auto"  # auto | on | off
+    track_ba_iterations: int = 300
+    track_weight: float = 1e-3  # per px^2 of Cauchy loss, against the photometric loss
+    track_fade: int = 0  # 0: the whole run
+    track_final: float = 0.1
+    lr_tracks: float = 1e-3  # track points, in units of the scene scale
+
+
+@dataclass
+class Rendered:
+    image: torch.Tensor  # (H, W, 3)
+    alpha: torch.Tensor  # (H, W, 1)
+    valid: torch.Tensor | None  # (H, W) pixels the lens sees (None: all)
+    views: list  # (Projected, (height, width)) of each rasterised view: the image, or each cubemap face
 
 
 @dataclass
@@ -88,6 +111,7 @@ class TrainResult:
     splats: Splats
     cameras: dict[int, Camera]  # bundle camera id -> trained camera (possibly in a converted model)
     poses: dict[int, np.ndarray]  # image id -> cam_from_world
+    lens_fields: dict[int, Any]  # bundle camera id -> trained LensField network (LENS_FIELD cameras)
     curves: dict[str, list[dict[str, float]]]  # "train" and "eval" rows
     metrics: dict[str, Any]  # final evaluation and run facts
     notes: list[str]  # camera conversions and other decisions worth reporting
@@ -116,16 +140,23 @@ def load_photos(scene: Scene) -> list[np.ndarray]:
     return photos
 
 
-def training_cameras(scene: Scene, lens: str, calibrate: tuple[str, ...]) -> tuple[list[Camera], list[str]]:
-    """The scene's cameras in their training models (`lens`), and notes on each conversion."""
+def training_cameras(scene: Scene, lens: str, calibrate: tuple[str, ...]
+                     ) -> tuple[list[Camera], list[str], dict[int, Any]]:
+    """The scene's cameras in their training models (`lens`), notes on each conversion, and the lens-field networks
+    fitted for cameras converted to LENS_FIELD (by index into the list)."""
+    from ..lens_field import field_camera
+
     unknown = set(calibrate) - set(CALIBRATABLE)
     if unknown:
         raise EngineError(f"cannot calibrate {', '.join(sorted(unknown))}; choose from {', '.join(CALIBRATABLE)}")
-    cameras, notes = [], []
+    cameras, notes, fields = [], [], {}
     for cam in scene.cameras.values():
         target = lens_model(cam, lens)
         if target != cam.model:
-            cam_new, rms = convert_camera(cam, target)
+            if target == "LENS_FIELD":
+                cam_new, fields[len(cameras)], rms = field_camera(cam)
+            else:
+                cam_new, rms = convert_camera(cam, target)
             notes.append(f"camera {cam.id}: {cam.model} converted to {target} "
                          f"({'exact' if rms < 1e-6 else f'least-squares fit, RMS {rms:.3f} px'})")
             cam = cam_new
@@ -135,7 +166,7 @@ def training_cameras(scene: Scene, lens: str, calibrate: tuple[str, ...]) -> tup
                 f"{', '.join(LEARNABLE_DISTORTION)}); pass --lens opencv or --lens fisheye to convert it, or leave "
                 f"distortion out of --calibrate to keep it fixed")
         cameras.append(cam)
-    return cameras, notes
+    return cameras, notes, fields
 
 
 def scene_scale(poses: np.ndarray, points: np.ndarray | None) -> float:
@@ -210,13 +241,20 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
         photos = load_photos(scene) if photos is None else photos
+        if config.tracks not in ("auto", "on", "off"):
+            raise EngineError(f"tracks must be auto, on or off, got {config.tracks!r}")
         self.targets = [torch.tensor(p, dtype=torch.float32, device=self.device) / 255.0 for p in photos]
-        cameras, self.notes = training_cameras(scene, config.lens, tuple(config.calibrate))
+        if config.cubemap not in ("auto", "always", "never"):
+            raise EngineError(f"cubemap must be auto, always or never, got {config.cubemap!r}")
+        cameras, self.notes, fields = training_cameras(scene, config.lens, tuple(config.calibrate))
         index = {cam.id: i for i, cam in enumerate(cameras)}
         poses = np.stack([im.cam_from_world for im in scene.images])
         points = scene.points.xyz if scene.points is not None else None
         self.rig = CameraRig(cameras, [index[im.camera_id] for im in scene.images], poses,
-                             scene_scale(poses, points), shared=config.shared_intrinsics).to(self.device)
+                             scene_scale(poses, points), shared=config.shared_intrinsics,
+                             fields=fields).to(self.device)
+        self.face_sizes = self._cubemap_faces()
+        self.lens_masks = self._lens_masks()
         n = len(scene.images)
         self.test_ids = [i for i in range(n) if config.test_every > 0 and n > 1 and i % config.test_every == 0]
         self.train_ids = [i for i in range(n) if i not in self.test_ids]
@@ -227,6 +265,9 @@ class Trainer:
         self.params = self._gaussian_params(initial_splats(scene, self.rig, config, self.rng))
         self.optimizers = {name: torch.optim.Adam([p], lr=0.0, eps=1e-15) for name, p in self.params.items()}
         self.camera_optimizer = self._camera_optimizer()
+        self.tracks = self._track_loss(photos)
+        self.track_optimizer = None if self.tracks is None else torch.optim.Adam([self.tracks.xyz], lr=0.0)
+        self.track_report: dict[str, Any] = {}
         use_gsplat = self.rasterize.__module__.endswith("raster_gsplat")
         self.densifier = (GsplatDensifier if use_gsplat else Densifier)(config.densify, self.rig.scene_scale)
         self.step = 0
@@ -248,6 +289,21 @@ class Trainer:
             raise EngineError(f"unknown rasterizer {choice!r}; choose auto, torch or gsplat")
         return raster_torch.rasterize
 
+    def _cubemap_faces(self) -> list[int | None]:
+        """Per rig camera: the cubemap face size when it renders through a cubemap (fixed from the starting lens so
+        it never jumps during training), else None."""
+        from .cubemap import default_face_size, needs_cubemap
+
+        sizes = []
+        for i, cam in enumerate(self.rig.cameras):
+            params = self.rig.camera_params(i).detach().double().cpu()
+            use = self.config.cubemap == "always" or (
+                self.config.cubemap == "auto" and needs_cubemap(cam.model, params, cam.width, cam.height))
+            sizes.append(default_face_size(cam.model, params, cam.width, cam.height) if use else None)
+            if use:
+                self.notes.append(f"camera {cam.id}: rendered through a cubemap ({sizes[-1]} px faces)")
+        return sizes
+
     def _gaussian_params(self, splats: Splats) -> dict[str, torch.nn.Parameter]:
         values = {"means": splats.means, "scales": splats.log_scales, "quats": splats.quats,
                   "opacities": splats.opacity_logits, "sh0": splats.sh0, "shN": splats.shN}
@@ -256,15 +312,56 @@ class Trainer:
 
     def _camera_optimizer(self) -> torch.optim.Optimizer | None:
         calibrate = set(self.config.calibrate)
-        if self.rig.distortion.shape[1] == 0:  # pinhole cameras only
-            calibrate.discard("distortion")
         groups = []
-        for what, param in (("focal", self.rig.log_focal), ("pp", self.rig.pp), ("distortion", self.rig.distortion),
-                            ("pose", self.rig.pose)):
-            param.requires_grad_(what in calibrate)
-            if what in calibrate:
-                groups.append({"params": [param], "lr": 0.0, "name": what})
+        for what, params in self.rig.parameter_groups().items():
+            for param in params:
+                param.requires_grad_(what in calibrate)
+            if what in calibrate and params:
+                groups.append({"params": params, "lr": 0.0, "name": what})
         return GroupAdam(groups, lr=0.0) if groups else None
+
+    def _track_loss(self, photos: list[np.ndarray]) -> TrackLoss | None:
+        """Feature tracks of the training photos (`engine.tracks`), triangulated with the starting cameras."""
+        if self.config.tracks == "off" or self.camera_optimizer is None:  # tracks only serve calibration
+            return None
+        from ..tracks import find_tracks, triangulate
+
+        try:
+            tracks = find_tracks(self.scene, photos)
+        except EngineError as exc:
+            if self.config.tracks == "on":
+                raise
+            self.notes.append(f"no feature tracks ({exc}); calibrating from the photometric loss alone")
+            return None
+        cameras = self.rig.export_cameras()
+        tracks.xyz, _ = triangulate(tracks, cameras, self.rig.export_poses(), self.rig.image_cameras)
+        try:
+            loss = TrackLoss(tracks, self.train_ids).to(self.device)
+            if loss.observations < MIN_TRACK_OBSERVATIONS * len(self.train_ids):
+                raise EngineError(f"only {loss.observations} observations of feature tracks seen by 3 or more "
+                                  f"training views ({MIN_TRACK_OBSERVATIONS} per view needed); photos too small or "
+                                  f"plain?")
+        except EngineError as exc:
+            if self.config.tracks == "on":
+                raise
+            self.notes.append(f"no feature tracks ({exc}); calibrating from the photometric loss alone")
+            return None
+        self.notes.append(f"{len(loss.xyz)} feature tracks with {loss.observations} observations in the training "
+                          f"views constrain the cameras")
+        return loss
+
+    def calibrate_from_tracks(self) -> dict[str, Any]:
+        """Bundle-adjust the calibrated camera quantities on the feature tracks (before the splats train)."""
+        if self.tracks is None or self.config.track_ba_iterations <= 0:
+            return {}
+        calibrate = [g["name"] for g in self.camera_optimizer.param_groups]
+        self.track_report = bundle_adjust(self.rig, self.tracks, calibrate, self.config.track_ba_iterations)
+        return self.track_report
+
+    def track_weight(self, step: int) -> float:
+        c = self.config
+        fade = c.track_fade if c.track_fade > 0 else c.iterations
+        return c.track_weight * (1 - (1 - c.track_final) * min(1.0, step / fade))
 
     def _schedules(self) -> dict[str, Schedule]:
         c = self.config
@@ -279,20 +376,65 @@ class Trainer:
         return gauss
 
     # -- rendering ------------------------------------------------------------------------------------------------
-    def render(self, image: int, xi: torch.Tensor | None = None, sh_degree: int | None = None):
-        """(render (H, W, 3), alpha, projected) of image `image`, optionally with pose twist `xi` instead of the
-        rig's."""
+    def render(self, image: int, xi: torch.Tensor | None = None, sh_degree: int | None = None) -> Rendered:
+        """Render image `image`, optionally with pose twist `xi` instead of the rig's; through a cubemap when its
+        camera needs one (`_cubemap_faces`)."""
+        from .cubemap import render_cubemap
+
         p = self.params
+        index = self.rig.image_cameras[image]
         cam, params = self.rig.image_camera(image)
         pose = self.rig.cam_from_world(image, xi)
         opacities = torch.sigmoid(p["opacities"])
-        projected = project_gaussians(p["means"], p["quats"], p["scales"], opacities, cam.model, params, pose,
-                                      cam.width, cam.height)
         centre = -pose[:3, :3].T @ pose[:3, 3]
         degree = self.active_sh_degree() if sh_degree is None else sh_degree
         colors = sh_colors(p["sh0"], p["shN"], degree, p["means"] - centre)
+        if self.face_sizes[index] is not None:
+            out = render_cubemap(p["means"], p["quats"], p["scales"], opacities, colors, cam.model, params, pose,
+                                 cam.width, cam.height, self.rasterize, self.background,
+                                 face_size=self.face_sizes[index])
+            views = [(pr, (w.height, w.width)) for pr, w in zip(out.projected, out.windows)]
+            return Rendered(out.image, out.alpha, out.valid, views)
+        projected = project_gaussians(p["means"], p["quats"], p["scales"], opacities, cam.model, params, pose,
+                                      cam.width, cam.height)
         image_out, alpha = self.rasterize(projected, colors, opacities, cam.width, cam.height, self.background)
-        return image_out, alpha, projected
+        return Rendered(image_out, alpha, self.lens_masks[index], [(projected, (cam.height, cam.width))])
+
+    def _lens_masks(self) -> list[torch.Tensor | None]:
+        """Per rig camera: the pixels its (starting) lens sees, for fisheye models (None: every pixel)."""
+        from ..camera_models import get_model
+        from ..projection import unproject_directions
+
+        masks = []
+        for i, cam in enumerate(self.rig.cameras):
+            if not get_model(cam.model).fisheye:
+                masks.append(None)
+                continue
+            v, u = torch.meshgrid(torch.arange(cam.height, dtype=torch.float64) + 0.5,
+                                  torch.arange(cam.width, dtype=torch.float64) + 0.5, indexing="ij")
+            params = self.rig.camera_params(i).detach().double().cpu()
+            _, ok = unproject_directions(cam.model, params, torch.stack([u, v], -1))
+            masks.append(None if bool(ok.all()) else ok.to(self.device))
+        return masks
+
+    def _target(self, image: int, rendered: Rendered) -> torch.Tensor:
+        """The photo, with pixels outside the lens's view replaced by the render (no loss there)."""
+        target = self.targets[image]
+        if rendered.valid is None:
+            return target
+        return torch.where(rendered.valid[..., None], target, rendered.image.detach())
+
+    @staticmethod
+    def _psnr(rendered: Rendered, target: torch.Tensor) -> float:
+        """PSNR over the pixels the lens sees."""
+        image = rendered.image.detach()
+        if rendered.valid is not None:
+            return metrics.psnr(image[rendered.valid], target[rendered.valid])
+        return metrics.psnr(image, target)
+
+    def _scores(self, rendered: Rendered, target: torch.Tensor) -> tuple[float, float]:
+        """(PSNR over the pixels the lens sees, SSIM)."""
+        return self._psnr(rendered, target), float(metrics.ssim(rendered.image.detach().clamp(0, 1), target))
 
     def camera_every(self) -> int:
         """Steps per camera update: shared intrinsics need gradients from many views to be more than noise."""
@@ -326,9 +468,11 @@ class Trainer:
         batch = self._next_batch()
         total, psnrs, views = 0.0, [], []
         for image in batch:
-            render, _, projected = self.render(image)
-            projected.means2d.retain_grad()
-            loss = loss_fn(render, self.targets[image], self.config.ssim_weight) / len(batch)
+            rendered = self.render(image)
+            for projected, _ in rendered.views:
+                projected.means2d.retain_grad()
+            target = self._target(image, rendered)
+            loss = loss_fn(rendered.image, target, self.config.ssim_weight) / len(batch)
             if not torch.isfinite(loss):
                 where = f"last good checkpoint {self.checkpoint} kept" if self.checkpoint is not None and \
                     self.checkpoint.is_file() else "no checkpoint was written yet"
@@ -336,8 +480,14 @@ class Trainer:
                                        f"the loss is {float(loss.detach())}; {where}; nothing else was written")
             loss.backward()
             total += float(loss.detach())
-            psnrs.append(metrics.psnr(render.detach(), self.targets[image]))
-            views.append((projected, self.targets[image].shape))
+            psnrs.append(self._psnr(rendered, self.targets[image]))
+            views += rendered.views
+        if self.tracks is not None:
+            self.track_optimizer.param_groups[0]["lr"] = schedules["means"](step) / self.config.lr_means * \
+                self.config.lr_tracks
+            (self.track_weight(step) * self.tracks(self.rig)).backward()
+            self.track_optimizer.step()
+            self.track_optimizer.zero_grad(set_to_none=True)
         for opt in self.optimizers.values():
             opt.step()
         if self.camera_optimizer is not None and step % self.camera_every() == 0:
@@ -355,14 +505,14 @@ class Trainer:
             grads = torch.stack([pr.means2d.grad for pr, _ in views])
             proxy = torch.zeros_like(grads)
             proxy.grad = grads
-            height, width = views[0][1][:2]
+            height, width = views[0][1]
             info = {"means2d": proxy, "radii": torch.stack([pr.radii for pr, _ in views]), "width": width,
                     "height": height, "n_cameras": len(views), "gaussian_ids": None}
             self.densifier.step(step, self.params, self.optimizers, info)
         else:
             n = self.gaussian_count()
-            for pr, shape in views:
-                self.densifier.accumulate(n, pr.means2d.grad, pr.visible, shape[1], shape[0], len(views))
+            for pr, (height, width) in views:
+                self.densifier.accumulate(n, pr.means2d.grad, pr.visible, width, height, len(views))
             self.densifier.step(step, self.params, self.optimizers)
 
     # -- evaluation -----------------------------------------------------------------------------------------------
@@ -375,8 +525,8 @@ class Trainer:
         opt = torch.optim.Adam([xi], lr=self.config.eval_pose_lr)
         for k in range(steps):
             opt.param_groups[0]["lr"] = self.config.eval_pose_lr * 0.5 * (1 + math.cos(math.pi * k / steps))
-            render, _, _ = self.render(image, xi)
-            loss = metrics.photometric_loss(render, self.targets[image], self.config.ssim_weight)
+            rendered = self.render(image, xi)
+            loss = metrics.photometric_loss(rendered.image, self._target(image, rendered), self.config.ssim_weight)
             (xi.grad,) = torch.autograd.grad(loss, [xi])  # gradients reach nothing else
             opt.step()
         with torch.no_grad():
@@ -394,9 +544,7 @@ class Trainer:
                 if split == "test" and refine:
                     self.refine_test_pose(image)
                 with torch.no_grad():
-                    render = self.render(image)[0]
-                    values.append((metrics.psnr(render, self.targets[image]),
-                                   float(metrics.ssim(render.clamp(0, 1), self.targets[image]))))
+                    values.append(self._scores(self.render(image), self.targets[image]))
             row[f"{split}_psnr"] = float(np.mean([v[0] for v in values]))
             row[f"{split}_ssim"] = float(np.mean([v[1] for v in values]))
         row["gaussians"] = self.gaussian_count()
@@ -417,6 +565,8 @@ class Trainer:
                 "rig": {k: v.cpu() for k, v in self.rig.state_dict().items()},
                 "camera_optimizer": None if self.camera_optimizer is None else self.camera_optimizer.state_dict(),
                 "densifier": self.densifier.state_dict(), "order": list(self.order),
+                "tracks": None if self.tracks is None else {"xyz": self.tracks.xyz.detach().cpu(),
+                                                            "optimizer": self.track_optimizer.state_dict()},
                 "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                 "curves": self.curves, "last_eval": self.last_eval}
 
@@ -452,6 +602,14 @@ class Trainer:
         if self.camera_optimizer is not None and state["camera_optimizer"] is not None:
             self.camera_optimizer.load_state_dict(state["camera_optimizer"])
         self.densifier.load_state_dict(state["densifier"])
+        if (state.get("tracks") is None) != (self.tracks is None) or (
+                self.tracks is not None and state["tracks"]["xyz"].shape != self.tracks.xyz.shape):
+            raise EngineError(f"{path}: the checkpoint's feature tracks differ from this run's (same --tracks and "
+                              f"photos?)")
+        if self.tracks is not None:
+            with torch.no_grad():
+                self.tracks.xyz.copy_(state["tracks"]["xyz"])
+            self.track_optimizer.load_state_dict(state["tracks"]["optimizer"])
         self.step, self.order = int(state["step"]), list(state["order"])
         self.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
@@ -468,10 +626,14 @@ class Trainer:
         keep_poses = "pose" not in self.config.calibrate
         out_poses = {im.id: (im.cam_from_world if keep_poses else poses[i]) for i, im in enumerate(self.scene.images)}
         facts = {"iterations": self.step, "gaussians": self.gaussian_count(),
+                 **({"track_bundle_adjustment": self.track_report} if self.track_report else {}),
+                 **({"track_rms_px": self.tracks.rms(self.rig)} if self.tracks is not None else {}),
                  "calibrated": list(self.config.calibrate), "held_out": [self.scene.images[i].name
                                                                         for i in self.test_ids],
                  **{k: v for k, v in self.last_eval.items() if k != "step"}}
-        return TrainResult(self.splats(), cams, out_poses, self.curves, facts, self.notes)
+        fields = {cam.id: self.rig.fields[str(self.rig.group_of_camera[i])]
+                  for i, cam in enumerate(self.rig.cameras) if cam.model == "LENS_FIELD"}
+        return TrainResult(self.splats(), cams, out_poses, fields, self.curves, facts, self.notes)
 
 
 def train(scene: Scene, config: TrainConfig, progress: Progress | None = None, checkpoint: Path | None = None,
@@ -486,6 +648,11 @@ def train(scene: Scene, config: TrainConfig, progress: Progress | None = None, c
     if resume and checkpoint is not None and Path(checkpoint).is_file():
         trainer.load_checkpoint()
         progress.log(f"resumed from {checkpoint} at step {trainer.step}")
+    else:
+        ba = trainer.calibrate_from_tracks()
+        if ba:
+            progress.log(f"bundle adjustment on {ba['tracks']} feature tracks: reprojection RMS "
+                         f"{ba['rms_before_px']:.2f} -> {ba['rms_after_px']:.2f} px")
     progress.log(f"{trainer.gaussian_count()} splats, {len(trainer.train_ids)} training and {len(trainer.test_ids)} "
                  f"held-out views, rasterizer {trainer.rasterize.__module__.rsplit('.', 1)[-1]}, "
                  f"calibrating {', '.join(config.calibrate) or 'nothing'}")
