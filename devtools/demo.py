@@ -15,19 +15,25 @@ Steps (each a function of the shared `DemoRun`, so later stages — calibrate, r
   reconstruct     the main job: `bpy.ops.unposed.reconstruct` on the ground truth's photos alone (COLMAP backend, no
                   weights), imported into a fresh scene; pose and focal errors against the ground truth after the
                   best Sim(3) (reconstruction.json), its own preview (reconstruction_preview.png) and .blend
+  train-splats    `bpy.ops.unposed.train_splats` on the reconstruction, shrunk to about `splat_width` pixels wide
+                  (splats_input/) for a short CPU schedule with one held-out view; the splats rendered by Blender
+                  through the held-out camera beside its photo and the engine's own render (splats_preview.png),
+                  the engine's held-out PSNR and the Blender render's (splats.json), and splats.blend
 
     python -m devtools.demo --out out/demo [--kind textured|object|room] [--views 8] [--width 320] [--height 240]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -47,6 +53,12 @@ class DemoConfig:
     points: int = 60000  # surface samples before visibility
     seed: int = 0
     preview_view: int = 0  # index of the image whose camera renders the preview
+    # train-splats: the engine trains at the photos' own size, so the demo trains on a copy shrunk by an integer
+    # factor to about this width, for a short schedule (densification, from step 500, is not reached), with every
+    # n-th photo held out (the first is always among them)
+    splat_width: int = 160
+    splat_iterations: int = 200
+    splat_hold_out: int = 8
 
 
 @dataclass
@@ -62,6 +74,8 @@ class DemoRun:
     preview: Path | None = None
     preview_points: Path | None = None
     blend: Path | None = None
+    splats: Path | None = None  # bundle trained by the train-splats step (splats.ply, training curves)
+    splat_report: dict[str, Any] = field(default_factory=dict)  # held-out view, PSNRs (splats.json)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -127,6 +141,13 @@ def _engine(*args: str) -> dict[str, Any]:
     return _module("jobs.runner").run_engine(args)
 
 
+def _call_operator(operator: Callable, **kwargs: Any) -> None:
+    """Run `bpy.ops` operator `operator` with `kwargs`; an error unless it finished (errors it reports raise)."""
+    result = operator(**kwargs)
+    if result != {"FINISHED"}:
+        raise RuntimeError(f"bpy.ops.{operator.idname_py()}({kwargs}) returned {result}")
+
+
 def export_colmap(run: DemoRun) -> str:
     run.colmap = run.config.out / "colmap"
     result = _engine("export", str(run.ground_truth), "--format", "colmap", "--out", str(run.colmap))
@@ -143,9 +164,7 @@ def import_into_blender(run: DemoRun) -> str:
     import bpy
 
     bpy.ops.wm.read_homefile(use_empty=True)
-    result = bpy.ops.unposed.import_scene(filepath=str(run.roundtrip))
-    if result != {"FINISHED"}:
-        raise RuntimeError(f"bpy.ops.unposed.import_scene({run.roundtrip}) returned {result}")
+    _call_operator(bpy.ops.unposed.import_scene, filepath=str(run.roundtrip))
     cameras = [o for o in bpy.context.scene.objects if o.type == "CAMERA"]
     return f"{len(cameras)} cameras and {len(_point_clouds())} point cloud in the scene"
 
@@ -302,10 +321,8 @@ def reconstruct_photos(run: DemoRun) -> str:
     out = run.config.out
     run.reconstruction = out / "reconstruction"
     bpy.ops.wm.read_homefile(use_empty=True)
-    result = bpy.ops.unposed.reconstruct(directory=str(run.ground_truth / "images"), backend='COLMAP',
-                                         output=str(run.reconstruction))
-    if result != {"FINISHED"}:
-        raise RuntimeError(f"bpy.ops.unposed.reconstruct returned {result}")
+    _call_operator(bpy.ops.unposed.reconstruct, directory=str(run.ground_truth / "images"), backend='COLMAP',
+                   output=str(run.reconstruction))
     estimate, truth = bundles.read_bundle(run.reconstruction), bundles.read_bundle(run.ground_truth)
     errors = _module("engine.reconstruct.compare").compare(estimate, truth).summary()
     run.reconstruction_errors = errors
@@ -319,6 +336,186 @@ def reconstruct_photos(run: DemoRun) -> str:
             f" -> {out / 'reconstruction_preview.png'}")
 
 
+# The demo refines poses only: COLMAP's intrinsics are already close, and in a schedule this short the splats
+# start from a sparse cloud and stay large, which biases a refined focal length (see engine.splats.train). The
+# lens is converted to a pinhole so that the Blender camera images exactly what the engine rendered.
+SPLAT_CALIBRATE = {'POSE'}
+SPLAT_LENS = 'PINHOLE'
+
+
+def train_splats(run: DemoRun) -> str:
+    """Train splats on the reconstruction through the operator (job runner, cameras updated in place), render them
+    in Blender through the held-out camera and compare with its photo and with the engine's render."""
+    import bpy
+    import cv2
+
+    c, out = run.config, run.config.out
+    if run.reconstruction is None:
+        raise RuntimeError("train-splats needs the reconstruct step's bundle (run.reconstruction)")
+    source = downscale_bundle(run.reconstruction, out / "splats_input", out / "splats_photos", c.splat_width)
+    bpy.ops.wm.read_homefile(use_empty=True)
+    _call_operator(bpy.ops.unposed.import_scene, filepath=str(source))
+    run.splats = out / "splats"
+    # One torch thread in the engine job (which inherits this environment; the operator has no threads option):
+    # its tensors are small, and on a busy 2-core machine a second OpenMP thread mostly spins, 3-6x slower.
+    with _environment(OMP_NUM_THREADS="1"):
+        _call_operator(bpy.ops.unposed.train_splats, filepath=str(source), iterations=c.splat_iterations,
+                       calibrate=SPLAT_CALIBRATE, lens=SPLAT_LENS, hold_out=c.splat_hold_out,
+                       out_path=str(run.splats))
+    trained = _module("engine.bundle").read_bundle(run.splats)
+    metrics = trained.extras["training"]["metrics"]
+    if not metrics.get("held_out"):
+        raise RuntimeError(f"{run.splats}: training held out no view (hold_out={c.splat_hold_out}, "
+                           f"{len(trained.images)} photos); nothing to compare the Blender render with")
+    image = next(im for im in trained.images if im.name == metrics["held_out"][0])
+    camera = trained.camera_of(image)
+    splats = _module("engine.splats.ply").read_splats(run.splats / trained.extras["splats"])
+    photo = cv2.imread(str(image.path), cv2.IMREAD_COLOR)
+    blender = _render_splats(bpy.data.objects[image.name], camera)
+    engine = _engine_render(splats, camera, image.cam_from_world)[..., ::-1]  # RGB -> BGR, like the others
+    if photo is None or photo.shape != blender.shape:
+        raise RuntimeError(f"train-splats: the Blender render and the photo {image.path} do not match in size")
+    gap = np.full((photo.shape[0], 4, 3), 255, dtype=np.uint8)
+    preview = out / "splats_preview.png"
+    _write_png(preview, np.concatenate([blender, gap, photo, gap, np.rint(255 * engine).astype(np.uint8)], axis=1))
+    run.splat_report = {
+        "image": image.name, "width": camera.width, "height": camera.height, "splats": len(splats),
+        "iterations": metrics["iterations"], "calibrated": metrics["calibrated"],
+        "held_out": metrics["held_out"],
+        "engine_psnr": metrics["test_psnr"],  # measured by the engine (mean over held_out), poses refined first
+        "engine_train_psnr": metrics.get("train_psnr"),
+        "engine_render_psnr": _psnr(engine, photo / 255.0),  # this view's, recomputed from the trained bundle
+        "blender_psnr": _psnr(blender / 255.0, photo / 255.0),
+        "blender_vs_engine_psnr": _psnr(blender / 255.0, engine),
+    }
+    _write_json(out / "splats.json", run.splat_report)
+    bpy.ops.wm.save_as_mainfile(filepath=str(out / "splats.blend"))
+    r = run.splat_report
+    return (f"{r['splats']:,} splats after {r['iterations']} steps at {r['width']}x{r['height']}; held-out "
+            f"{r['image']}: engine PSNR {r['engine_psnr']:.2f} dB, Blender render {r['blender_psnr']:.2f} dB "
+            f"(against the engine's render {r['blender_vs_engine_psnr']:.1f} dB) -> {preview}")
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """Environment variables set to `values` inside the block (for the processes it starts), restored after."""
+    before = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def downscale_bundle(source: Path, out: Path, photos: Path, width: int) -> Path:
+    """A copy of bundle `source` (cameras, poses, points) at `out` whose photos, written to `photos`, are shrunk by
+    the integer factor k nearest to each camera's width / `width` (at least 1): each k x k block of pixels
+    averaged, the leftover right and bottom pixels cropped. In COLMAP's pixel convention the image edges scale
+    exactly, so focal lengths and principal point divide by k (the crop leaves them), while distortion acts on
+    normalised coordinates and stays."""
+    import cv2
+
+    bundles = _module("engine.bundle")
+    load_image = _module("engine.calibrate.image_io").load_image
+    scene = bundles.read_bundle(source)
+    cameras, factors = {}, {}
+    for cam in scene.cameras.values():
+        if cam.lens_network is not None:
+            raise RuntimeError(f"{source}: camera {cam.id} has a lens network, which cannot be downscaled")
+        k = factors[cam.id] = max(1, round(cam.width / width))
+        fx, fy, cx, cy, extra = cam.split()
+        params = _module("engine.camera_models").get_model(cam.model).join(fx / k, fy / k, cx / k, cy / k, extra)
+        cameras[cam.id] = bundles.Camera(cam.id, cam.model, cam.width // k, cam.height // k, params)
+    images = []
+    with _module("engine.atomic").atomic_dir(photos) as stage:
+        for index, image in enumerate(scene.images):
+            if image.path is None:
+                raise RuntimeError(f"{source}: image {image.name!r} has no photo to train on")
+            cam, k = cameras[image.camera_id], factors[image.camera_id]
+            rgb = load_image(image.path).rgb[:cam.height * k, :cam.width * k]
+            small = cv2.resize(rgb, (cam.width, cam.height), interpolation=cv2.INTER_AREA)  # block means for k
+            name = f"{index:03d}_{Path(image.name).stem}.png"
+            if not cv2.imwrite(str(stage / name), small[..., ::-1]):
+                raise RuntimeError(f"{stage / name}: could not write the downscaled photo")
+            images.append(bundles.Image(image.id, image.name, image.camera_id, image.cam_from_world,
+                                        path=photos / name))
+    return bundles.write_bundle(bundles.Scene(cameras, images, scene.points, scene.units, scene.provenance), out)
+
+
+def _render_splats(camera_obj, camera) -> np.ndarray:
+    """The scene's splats alone, rendered by Cycles through `camera_obj` (imaging `camera`) on a black background
+    as the engine draws them: (H, W, 3) BGR uint8, sRGB-encoded like the photos."""
+    import bpy
+    import cv2
+
+    scene = bpy.context.scene
+    scene.camera = camera_obj
+    _set_render_size(scene, camera)
+    for cloud in _point_clouds():
+        cloud.hide_render = True
+    scene.world = None  # black
+    scene.render.engine = "CYCLES"
+    # One sample at each pixel centre, where the engine evaluates the splats; with Russian roulette off for every
+    # transparent bounce the splats along a ray are composited exactly, so that sample has no noise.
+    scene.cycles.device, scene.cycles.samples, scene.cycles.use_denoising = "CPU", 1, False
+    scene.cycles.filter_width = 0.01
+    scene.cycles.min_transparent_bounces = scene.cycles.transparent_max_bounces
+    scene.render.film_transparent = False
+    scene.render.dither_intensity = 0.0
+    scene.view_settings.view_transform, scene.view_settings.look = "Standard", "None"
+    settings = scene.render.image_settings
+    settings.file_format, settings.color_mode, settings.color_depth = "PNG", "RGB", "8"
+    with tempfile.TemporaryDirectory(prefix="unposed-demo-") as tmp:
+        scene.render.filepath = str(Path(tmp) / "splats.png")
+        bpy.ops.render.render(write_still=True)
+        pixels = cv2.imread(str(Path(tmp) / "splats.png"), cv2.IMREAD_COLOR)
+    if pixels is None:
+        raise RuntimeError("train-splats: Blender wrote no render")
+    return pixels
+
+
+def _engine_render(splats, camera, cam_from_world: np.ndarray) -> np.ndarray:
+    """The engine's own render of `splats` through `camera` at `cam_from_world` (its projection and CPU compositor,
+    all SH coefficients, black background, as in training): (H, W, 3) RGB in [0, 1]."""
+    import torch
+
+    project = _module("engine.splats.project").project_gaussians
+    rasterize = _module("engine.splats.raster_torch").rasterize
+    sh_colors = _module("engine.splats.sh").sh_colors
+
+    def tensor(values) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(values), dtype=torch.float32)
+
+    pose, means = tensor(cam_from_world), tensor(splats.means)
+    with torch.no_grad():
+        opacities = torch.sigmoid(tensor(splats.opacity_logits))
+        projected = project(means, tensor(splats.quats), tensor(splats.log_scales), opacities, camera.model,
+                            tensor(camera.params), pose, camera.width, camera.height)
+        centre = -pose[:3, :3].T @ pose[:3, 3]
+        colours = sh_colors(tensor(splats.sh0), tensor(splats.shN), splats.sh_degree, means - centre)
+        rgb, _ = rasterize(projected, colours, opacities, camera.width, camera.height, torch.zeros(3))
+    return rgb.clamp(0.0, 1.0).double().numpy()
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """The engine's PSNR (dB) of images `a` and `b` with values in [0, 1]."""
+    import torch
+
+    a, b = (torch.from_numpy(np.array(x, dtype=np.float64)) for x in (a, b))  # copies: no negative strides
+    return _module("engine.splats.metrics").psnr(a, b)
+
+
+def fisheye_scenes(run: DemoRun) -> str:
+    """Generated 180 and 190 deg fisheye scenes imported into Blender (`devtools.demo_lens`)."""
+    from .demo_lens import fisheye_scenes as step  # demo_lens imports this module
+
+    return step(run)
+
+
 STEPS: tuple[Step, ...] = (
     Step("generate", generate_ground_truth),
     Step("calibrate", calibrate_one),
@@ -329,6 +526,8 @@ STEPS: tuple[Step, ...] = (
     Step("preview", render_preview),
     Step("save-blend", save_blend),
     Step("reconstruct", reconstruct_photos),
+    Step("train-splats", train_splats),
+    Step("fisheye-scenes", fisheye_scenes),
 )
 
 
@@ -359,6 +558,9 @@ def _report(run: DemoRun) -> str:
     if run.reconstruction is not None:
         lines += [f"  reconstruction       {run.reconstruction}  (errors: reconstruction.json, "
                   f"preview: reconstruction_preview.png, reconstruction.blend)"]
+    if run.splats is not None:
+        lines += [f"  splats               {run.splats}  (splats.ply; splats_preview.png: Blender render | photo | "
+                  f"engine render of the held-out view; splats.json, splats.blend)"]
     lines += [f"Total {sum(run.timings.values()):.1f} s"]
     return "\n".join(lines)
 
