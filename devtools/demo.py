@@ -19,6 +19,8 @@ Steps (each a function of the shared `DemoRun`, so later stages — calibrate, r
                   (splats_input/) for a short CPU schedule with one held-out view; the splats rendered by Blender
                   through the held-out camera beside its photo and the engine's own render (splats_preview.png),
                   the engine's held-out PSNR and the Blender render's (splats.json), and splats.blend
+  fisheye-scenes  180 and 190 deg fisheye scenes rendered exactly through their lenses, imported into Blender
+                  (`devtools/demo_lens.py`; fisheye.json: each lens's Cycles fit residual)
 
     python -m devtools.demo --out out/demo [--kind textured|object|room] [--views 8] [--width 320] [--height 240]
 """
@@ -561,6 +563,9 @@ def _report(run: DemoRun) -> str:
     if run.splats is not None:
         lines += [f"  splats               {run.splats}  (splats.ply; splats_preview.png: Blender render | photo | "
                   f"engine render of the held-out view; splats.json, splats.blend)"]
+    if "fisheye-scenes" in run.timings:
+        lines += [f"  fisheye scenes       {run.config.out}/fisheye_equidistant, fisheye_polynomial  (fisheye.json: "
+                  f"Blender fit residuals)"]
     lines += [f"Total {sum(run.timings.values()):.1f} s"]
     return "\n".join(lines)
 
