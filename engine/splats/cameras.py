@@ -32,32 +32,21 @@ CALIBRATABLE = ("focal", "pp", "pose", "distortion")
 LEARNABLE_DISTORTION = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV",
                         "SIMPLE_RADIAL_FISHEYE", "RADIAL_FISHEYE", "OPENCV_FISHEYE", "LENS_FIELD")
 LENSES = ("keep", "pinhole", "radial", "opencv", "fisheye", "field", "auto")
-WIDE_ANGLE_DEG = 60.0  # --lens auto: a learned field when some pixel's ray is further than this from the axis
-
-
-def widest_ray_deg(camera: Camera) -> float:
-    """The largest angle (degrees) between the optical axis and the ray of a pixel on the image border."""
-    n = 16
-    t = torch.arange(n + 1, dtype=torch.float64) / n
-    u, v = t * camera.width, t * camera.height
-    border = torch.cat([torch.stack([u, torch.zeros_like(u)], -1), torch.stack([u, torch.full_like(u, camera.height)],
-                        -1), torch.stack([torch.zeros_like(v), v], -1),
-                        torch.stack([torch.full_like(v, camera.width), v], -1)])
-    rays, ok = unproject_directions(camera.model, torch.tensor(camera.params, dtype=torch.float64), border)
-    if not bool(ok.any()):
-        return 180.0
-    return float(torch.rad2deg(torch.arccos(rays[ok][:, 2].clamp(-1, 1))).max())
 
 
 def lens_model(camera: Camera, lens: str) -> str:
     """The model a camera is trained with under `--lens`: `keep` leaves it; `pinhole` is SIMPLE_PINHOLE or PINHOLE
     and `radial` RADIAL or OPENCV (one focal or two, following the camera's fx == fy); `opencv` is OPENCV,
     `fisheye` OPENCV_FISHEYE and `field` the learned LENS_FIELD; `auto` is LENS_FIELD for fisheye models and lenses
-    seeing further than WIDE_ANGLE_DEG from the axis (parametric models fit those badly at the edges), else keep."""
+    one perspective view cannot cover (`cubemap.needs_cubemap`: rays beyond 60 deg; parametric models fit those badly
+    at the edges), else keep."""
     if lens not in LENSES:
         raise CameraModelError(f"unknown lens {lens!r}; choose one of {', '.join(LENSES)}")
     if lens == "auto":
-        wide = get_model(camera.model).fisheye or widest_ray_deg(camera) > WIDE_ANGLE_DEG
+        from .cubemap import needs_cubemap
+
+        wide = get_model(camera.model).fisheye or needs_cubemap(camera.model, camera.params, camera.width,
+                                                                  camera.height)
         return "LENS_FIELD" if wide else camera.model
     if lens == "field":
         return "LENS_FIELD"

@@ -110,6 +110,20 @@ def _lens_rays(model: str, params: torch.Tensor, width: int, height: int) -> tup
     return rays, valid & torch.isfinite(rays.detach()).all(-1)
 
 
+def _sampled_rays(model: str, params: torch.Tensor, width: int, height: int,
+                  samples: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_lens_rays` of at most `samples` x `samples` pixel centres spread over the image, its border rows and
+    columns included (enough to find the widest ray and the faces needed without unprojecting every pixel of a
+    large photo)."""
+    if width < 1 or height < 1:
+        raise CameraModelError(f"image size must be positive, got {width} x {height}")
+    u = torch.unique(torch.linspace(0, width - 1, min(width, samples)).round()) + 0.5
+    v = torch.unique(torch.linspace(0, height - 1, min(height, samples)).round()) + 0.5
+    vv, uu = torch.meshgrid(v.to(params), u.to(params), indexing="ij")
+    rays, valid = unproject_directions(model, params, torch.stack([uu, vv], -1).reshape(-1, 2))
+    return rays, valid & torch.isfinite(rays).all(-1)
+
+
 def _face_of(rays: torch.Tensor) -> torch.Tensor:
     """Index into FACE_NAMES of the face each ray (..., 3) points into: its largest signed component."""
     x, y, z = rays.unbind(-1)
@@ -119,7 +133,7 @@ def _face_of(rays: torch.Tensor) -> torch.Tensor:
 def needs_cubemap(model: str, params: Params, width: int, height: int) -> bool:
     """True when the image holds a valid ray more than WIDE_ANGLE_DEG from the optical axis (module docstring: a
     single perspective render would up-sample that ray more than 1/cos^2(60 deg) = 4x, more than any cube face)."""
-    rays, valid = _lens_rays(model, _as_params(params).detach(), width, height)
+    rays, valid = _sampled_rays(model, _as_params(params).detach(), width, height)
     if not bool(valid.any()):
         raise CameraModelError(f"{model} camera {width} x {height} with params {_as_params(params).tolist()} has "
                                f"no pixel with a valid ray")
@@ -128,8 +142,9 @@ def needs_cubemap(model: str, params: Params, width: int, height: int) -> bool:
 
 
 def cube_faces(model: str, params: Params, width: int, height: int) -> list[int]:
-    """Indices into FACE_NAMES (ascending) of the faces that some valid pixel's ray points into."""
-    rays, valid = _lens_rays(model, _as_params(params).detach(), width, height)
+    """Indices into FACE_NAMES (ascending) of the faces that some valid pixel's ray points into (over a sample of
+    the image; `render_cubemap` renders the faces every pixel needs)."""
+    rays, valid = _sampled_rays(model, _as_params(params).detach(), width, height)
     return sorted(int(k) for k in torch.unique(_face_of(rays[valid])))
 
 

@@ -321,10 +321,11 @@ class Trainer:
         return GroupAdam(groups, lr=0.0) if groups else None
 
     def _track_loss(self, photos: list[np.ndarray]) -> TrackLoss | None:
-        """Feature tracks of the training photos (`engine.tracks`), triangulated with the starting cameras."""
+        """Feature tracks of the training photos (`engine.tracks`; points triangulated with the bundle's cameras,
+        re-triangulated through the rig by `bundle_adjust`)."""
         if self.config.tracks == "off" or self.camera_optimizer is None:  # tracks only serve calibration
             return None
-        from ..tracks import find_tracks, triangulate
+        from ..tracks import find_tracks
 
         try:
             tracks = find_tracks(self.scene, photos)
@@ -333,8 +334,6 @@ class Trainer:
                 raise
             self.notes.append(f"no feature tracks ({exc}); calibrating from the photometric loss alone")
             return None
-        cameras = self.rig.export_cameras()
-        tracks.xyz, _ = triangulate(tracks, cameras, self.rig.export_poses(), self.rig.image_cameras)
         try:
             loss = TrackLoss(tracks, self.train_ids).to(self.device)
             if loss.observations < MIN_TRACK_OBSERVATIONS * len(self.train_ids):
