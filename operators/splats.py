@@ -142,6 +142,9 @@ class UNPOSED_OT_train_splats(BrowseThenRunOperator, bpy.types.Operator):
     hold_out: IntProperty(name="Hold Out Every", default=8, min=0,
                           description="Hold out every n-th photo to measure the quality on views not trained on "
                                       "(0: train on all photos)")
+    downscale: IntProperty(name="Downscale", default=0, min=0, max=64,
+                           description="Train on photos this many times smaller (0: automatic, photos wider than "
+                                       "1600 px shrink to 1600 or less); cameras come back at full size")
     out_path: StringProperty(name="Output Bundle", subtype='DIR_PATH',
                              description="Folder for the trained bundle (default: update the input bundle)")
     display_limit: IntProperty(name="Display Limit", default=splats_bridge.DISPLAY_LIMIT, min=1,
@@ -172,7 +175,8 @@ class UNPOSED_OT_train_splats(BrowseThenRunOperator, bpy.types.Operator):
     def job_argv(self, context: bpy.types.Context) -> list[str]:
         calibrate = ",".join(key.lower() for key, *_ in _CALIBRATE if key in self.calibrate) or "none"
         return ["train", str(self._bundle), "--iters", str(self.iterations), "--calibrate", calibrate,
-                "--lens", self.lens.lower(), "--test-every", str(self.hold_out), "--out", str(self._out)]
+                "--lens", self.lens.lower(), "--test-every", str(self.hold_out), "--downscale", str(self.downscale),
+                "--out", str(self._out)]
 
     def job_finished(self, context: bpy.types.Context, result: dict[str, Any]) -> set[str]:
         try:

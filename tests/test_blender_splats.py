@@ -510,7 +510,8 @@ def _tiny_bundle(addon, folder: Path) -> Path:
 
 def test_train_splats_updates_cameras_in_place(addon, empty_scene, ops, tmp_path):
     """The real engine job: the imported collection keeps its camera objects, which take the trained bundle's
-    cameras (here converted to OPENCV) and poses; the splat object is added, and replaced by a second run."""
+    cameras (here converted to OPENCV) and poses; the splat object is added, and replaced by a second run (which
+    trains on half-size photos: the cameras still come back at the photos' size)."""
     read_bundle = submodule(addon, "engine.bundle").read_bundle
     camera_from_blender = submodule(addon, "bridge.camera").camera_from_blender
     bundle = _tiny_bundle(addon, tmp_path)
@@ -520,8 +521,9 @@ def test_train_splats_updates_cameras_in_place(addon, empty_scene, ops, tmp_path
     out = tmp_path / "trained"
     for run in range(2):
         assert bpy.ops.unposed.train_splats(filepath=str(bundle), iterations=3, lens="OPENCV", hold_out=0,
-                                            out_path=str(out)) == {"FINISHED"}
+                                            downscale=run + 1, out_path=str(out)) == {"FINISHED"}
         trained = read_bundle(out)
+        assert [(c.width, c.height) for c in trained.cameras.values()] == [(32, 24)]
         assert {o.name: o.session_uid for o in collection.objects if o.type == "CAMERA"} == cameras
         for image in trained.images:
             want = trained.camera_of(image)

@@ -80,6 +80,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--background", type=_colour, default=(0.0, 0.0, 0.0),
                         help="background colour R,G,B in [0, 1] (default 0,0,0)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--downscale", type=int, default=0,
+                        help="train on photos this many times smaller (default 0: automatic, photos wider than 1600 "
+                             "px shrink to 1600 or less; feature tracks always use the full size)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint file (default <out>.train.pt)")
     parser.add_argument("--checkpoint-every", type=int, default=1000, help="save a checkpoint every n steps")
@@ -105,7 +108,7 @@ def config_from_args(args: argparse.Namespace):
                        shared_intrinsics=args.shared_intrinsics, device=device, sh_degree=args.sh_degree,
                        batch_size=args.batch_size, test_every=args.test_every, eval_every=args.eval_every,
                        eval_pose_steps=args.eval_pose_steps, random_init=args.random_init,
-                       background=args.background, seed=args.seed, checkpoint_every=args.checkpoint_every,
+                       background=args.background, downscale=args.downscale, seed=args.seed, checkpoint_every=args.checkpoint_every,
                        tracks=args.tracks, cubemap=args.cubemap, calib_start=args.iters // 10,
                        calib_ramp=max(1, args.iters // 20),
                        densify=DensifyConfig(max_gaussians=args.max_gaussians))

@@ -27,6 +27,9 @@ from ..projection import project
 from .cameras import CameraRig
 
 
+OUTLIER_SCALES = 4.0  # observations this many Cauchy scales off after the bundle adjustment are mismatches
+
+
 class TrackLoss(torch.nn.Module):
     """Reprojection of feature tracks through a `CameraRig`.
 
@@ -50,7 +53,7 @@ class TrackLoss(torch.nn.Module):
                               f"constrain the cameras with (try more overlapping photos, or train without tracks)")
         remap = np.full(len(xyz), -1, dtype=np.int64)
         remap[used] = np.arange(len(used))
-        self.scale_px = float(scale_px)
+        self.scale_px, self.min_views = float(scale_px), min_views
         self.xyz = torch.nn.Parameter(torch.tensor(xyz[used], dtype=dtype))
         image = np.asarray(tracks.image, dtype=np.int64)[keep]
         self.register_buffer("track", torch.from_numpy(remap[track[keep]]))
@@ -61,6 +64,30 @@ class TrackLoss(torch.nn.Module):
     @property
     def observations(self) -> int:
         return len(self.track)
+
+    @torch.no_grad()
+    def drop_outliers(self, rig: CameraRig, limit_px: float) -> int:
+        """Drop the observations reprojecting more than `limit_px` off (or not at all) through `rig`, and the tracks
+        left with fewer than `min_views`; returns how many observations went. Matches that survived verification
+        against poor starting cameras show up once the cameras are adjusted (COLMAP filters the same way between
+        its bundle adjustments). The track points keep their Parameter (resized in place)."""
+        res, ok = self.residuals(rig)
+        keep = ok & (res.norm(dim=-1) <= limit_px)
+        counts = torch.bincount(self.track[keep], minlength=len(self.xyz))
+        keep &= counts[self.track] >= self.min_views
+        dropped = int((~keep).sum())
+        if dropped == 0:
+            return 0
+        used = torch.unique(self.track[keep])
+        if len(used) == 0:
+            raise EngineError(f"every feature track has observations more than {limit_px:.2g} px off: the tracks "
+                              f"cannot constrain these cameras")
+        remap = torch.full((len(self.xyz),), -1, dtype=torch.long, device=self.track.device)
+        remap[used] = torch.arange(len(used), device=self.track.device)
+        self.xyz.data = self.xyz.data[used]
+        self.track, self.image, self.pixels = remap[self.track[keep]], self.image[keep], self.pixels[keep]
+        self.images = np.unique(self.image.cpu().numpy())
+        return dropped
 
     def _per_camera(self, rig: CameraRig):
         """(rig camera index, observation indices) of every camera that has observations."""
@@ -120,19 +147,21 @@ class TrackLoss(torch.nn.Module):
 
 def bundle_adjust(rig: CameraRig, tracks: TrackLoss, calibrate: Sequence[str], iterations: int = 200,
                   move_centres: bool = False) -> dict:
-    """Minimise the track loss over the rig's calibrated quantities (L-BFGS with strong-Wolfe line search, float64
-    for the duration), the track points being eliminated: each evaluation re-triangulates them from the current
-    cameras (`TrackLoss.triangulate`, variable projection). Jointly optimising thousands of point coordinates with a
-    few camera quantities is badly conditioned (focal crawls along a valley where the points compensate); without
-    them the optimiser sees only the cameras. The track points end at the final triangulation. Returns the RMS
-    reprojection error before and after.
+    """Minimise the track loss over the rig's calibrated quantities and the track points (float64 for the
+    duration), starting from the points triangulated through the current rig. Returns the RMS reprojection error
+    before and after.
 
-    Unless `move_centres`, poses turn about their camera centres only (the twist's translation part stays zero):
+    Parametric cameras: Levenberg-Marquardt with the points eliminated by the Schur complement (`_schur_lm`), then
+    the observations more than OUTLIER_SCALES Cauchy scales off are dropped (`TrackLoss.drop_outliers`) and the
+    adjustment runs again. Lens
+    fields, whose networks have far too many parameters for a dense reduced camera system: L-BFGS on the cameras
+    alone with the points re-triangulated at every evaluation (`_variable_projection`).
+
+    Unless `move_centres`, poses turn about their camera centres only (the twist's translation part stays fixed):
     with free centres an orbit of cameras trades focal against distance and rotation against sideways motion,
     and fixed centres also fix the similarity gauge. The photometric training that follows refines whole poses."""
     groups = rig.parameter_groups()
     every = [p for params in groups.values() for p in params]
-    params = [p for name, ps in groups.items() if name in calibrate for p in ps]
     dtype = rig.base.dtype
     rig.double()
     tracks.double()
@@ -140,6 +169,34 @@ def bundle_adjust(rig: CameraRig, tracks: TrackLoss, calibrate: Sequence[str], i
         tracks.xyz.copy_(tracks.triangulate(rig))
     before = tracks.rms(rig)
     saved = [p.requires_grad for p in every]
+    dropped = 0
+    try:
+        if "distortion" in calibrate and len(rig.fields):
+            _variable_projection(rig, tracks, calibrate, iterations, move_centres)
+        else:
+            _schur_lm(rig, tracks, calibrate, iterations, move_centres)
+            dropped = tracks.drop_outliers(rig, OUTLIER_SCALES * tracks.scale_px)
+            if dropped:
+                _schur_lm(rig, tracks, calibrate, iterations, move_centres)
+    finally:
+        for p, flag in zip(every, saved):
+            p.requires_grad_(flag)
+    after = tracks.rms(rig)
+    rig.to(dtype)
+    tracks.to(dtype)
+    return {"rms_before_px": before, "rms_after_px": after, "observations": tracks.observations,
+            "tracks": len(tracks.xyz), "outliers_dropped": dropped}
+
+
+def _variable_projection(rig: CameraRig, tracks: TrackLoss, calibrate: Sequence[str], iterations: int,
+                         move_centres: bool) -> None:
+    """L-BFGS with strong-Wolfe line search on the calibrated quantities, the track points eliminated: each
+    evaluation re-triangulates them from the current cameras (`TrackLoss.triangulate`, variable projection), so
+    the optimiser sees only the cameras (jointly optimising thousands of point coordinates with first-order steps
+    crawls along valleys where the points compensate). The points end at the final triangulation."""
+    groups = rig.parameter_groups()
+    every = [p for params in groups.values() for p in params]
+    params = [p for name, ps in groups.items() if name in calibrate for p in ps]
     for p in every:
         p.requires_grad_(any(p is q for q in params))
     if params:
@@ -166,12 +223,123 @@ def bundle_adjust(rig: CameraRig, tracks: TrackLoss, calibrate: Sequence[str], i
                     p.copy_(s)
         for p in params:
             p.grad = None
-    for p, flag in zip(every, saved):
-        p.requires_grad_(flag)
     with torch.no_grad():
         tracks.xyz.copy_(tracks.triangulate(rig))
-    after = tracks.rms(rig)
-    rig.to(dtype)
-    tracks.to(dtype)
-    return {"rms_before_px": before, "rms_after_px": after, "observations": tracks.observations,
-            "tracks": len(tracks.xyz)}
+
+
+def _schur_lm(rig: CameraRig, tracks: TrackLoss, calibrate: Sequence[str], iterations: int,
+              move_centres: bool) -> None:
+    """Levenberg-Marquardt on the rig's parametric camera quantities and the track points together, the points
+    eliminated from every step by the Schur complement (Triggs et al., Bundle Adjustment - A Modern Synthesis,
+    sec. 6.1): the reduced camera system is small and dense, so a step costs little more than one Gauss-Newton
+    solve in the cameras. The Cauchy loss enters as iteratively reweighted least squares (weights
+    1 / (1 + |r|^2 / s^2), sec. 3.3); a step is kept only when it lowers the Cauchy cost. The Cauchy loss is not
+    convex: residuals far beyond s barely pull, so from a poor start the cameras would settle where the
+    observations they fit first keep them. Hence graduated non-convexity: s starts at the largest starting
+    residual (where the loss is nearly quadratic for every observation) and halves down to `tracks.scale_px`, each
+    stage starting from the last one's solution.
+
+    The Jacobian comes from central differences in float64 (errors ~1e-9 of the entries), computed by colouring:
+    an observation depends on the shared intrinsics, its own image's pose and its own point, so perturbing one
+    twist component of every pose at once (or one coordinate of every point) gives that column block in two
+    residual evaluations; each intrinsic scalar takes two more."""
+    scale = rig.scene_scale
+    scalars = [(p, i) for name, p in (("focal", rig.log_focal), ("pp", rig.pp), ("distortion", rig.distortion))
+               if name in calibrate for i in range(p.numel())]
+    pose_dims = (list(range(6)) if move_centres else [0, 1, 2]) if "pose" in calibrate else []
+    views = torch.as_tensor(np.asarray(tracks.images))
+    slot = torch.full((len(rig.poses0),), -1, dtype=torch.long)
+    slot[views] = torch.arange(len(views))
+    obs_slot = slot[tracks.image]
+    n_glob = len(scalars)
+    n_cam, m, n_pts = n_glob + len(views) * len(pose_dims), tracks.observations, len(tracks.xyz)
+    variables = (rig.log_focal, rig.pp, rig.distortion, rig.pose)
+    xyz = tracks.xyz.detach().clone()
+    rows = torch.arange(m)
+
+    def cost(res: torch.Tensor, ok: torch.Tensor, s2: float) -> float:
+        # an observation that does not project (behind the camera) costs as much as one 10 s off, so a step cannot
+        # gain by pushing points out of view
+        z = torch.where(ok, res.square().sum(-1), torch.full_like(res[:, 0], 100 * s2))
+        return float(s2 * torch.log1p(z / s2).sum())
+
+    def central(perturb, h: float) -> torch.Tensor:
+        perturb(h)
+        plus, _ = tracks.residuals(rig, xyz)
+        perturb(-2 * h)
+        minus, _ = tracks.residuals(rig, xyz)
+        perturb(h)
+        return (plus - minus) / (2 * h)
+
+    def perturbations():
+        for p, i in scalars:
+            yield lambda d, p=p, i=i: p.view(-1)[i].add_(d)
+
+    def jacobians() -> tuple[torch.Tensor, torch.Tensor]:
+        """(m, 2, n_cam) camera and (m, 2, 3) point Jacobians of the residuals."""
+        jc = torch.zeros(m, 2, n_cam, dtype=xyz.dtype)
+        for k, perturb in enumerate(perturbations()):
+            jc[:, :, k] = central(perturb, 1e-6)
+        for k, dim in enumerate(pose_dims):
+            jc[rows, :, n_glob + obs_slot * len(pose_dims) + k] = central(
+                lambda d, dim=dim: rig.pose[:, dim].add_(d), 1e-6)
+        jp = torch.stack([central(lambda d, dim=dim: xyz[:, dim].add_(d * scale), 1e-6) / scale
+                          for dim in range(3)], -1)
+        return jc, jp
+
+    def step(res, ok, damping: float, s2: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The damped Gauss-Newton step (cameras, points) with the points eliminated."""
+        w = torch.where(ok, 1 / (1 + res.square().sum(-1) / s2), torch.zeros_like(res[:, 0]))[:, None, None]
+        jc, jp = jacobians()
+        jc, jp, r = jc * ok[:, None, None], jp * ok[:, None, None], (res * ok[:, None])[:, :, None]
+        jct, jpt = jc.transpose(1, 2), jp.transpose(1, 2)
+        u = torch.einsum("mai,maj->ij", jc * w, jc)
+        g_c = torch.einsum("mai,mab->i", jc * w, r)
+        v = torch.zeros(n_pts, 3, 3, dtype=r.dtype).index_add_(0, tracks.track, w * jpt @ jp)
+        cross = torch.zeros(n_pts, n_cam, 3, dtype=r.dtype).index_add_(0, tracks.track, w * jct @ jp)
+        g_p = torch.zeros(n_pts, 3, dtype=r.dtype).index_add_(0, tracks.track, (w * jpt @ r)[..., 0])
+        active = (torch.diagonal(u) > 0).nonzero().flatten()  # unused intrinsic scalars, unobserved images
+        u = u + torch.diag(damping * torch.diagonal(u))
+        v_inv = torch.linalg.inv(v + damping * torch.diag_embed(torch.diagonal(v, dim1=1, dim2=2))
+                                 + 1e-12 * torch.eye(3, dtype=v.dtype))
+        y = cross @ v_inv
+        schur = u - torch.einsum("tpa,tqa->pq", y, cross)
+        rhs = -g_c + torch.einsum("tpa,ta->p", y, g_p)
+        step_c = torch.zeros(n_cam, dtype=r.dtype)
+        step_c[active] = torch.linalg.solve(schur[active][:, active], rhs[active])
+        step_p = (v_inv @ (-g_p - torch.einsum("tpa,p->ta", cross, step_c))[:, :, None])[..., 0]
+        return step_c, step_p
+
+    def apply(step_c: torch.Tensor, step_p: torch.Tensor) -> None:
+        for k, (p, i) in enumerate(scalars):
+            p.view(-1)[i] += step_c[k]
+        if pose_dims:
+            rig.pose[views[:, None], torch.tensor(pose_dims)] += step_c[n_glob:].reshape(len(views), -1)
+        xyz.add_(step_p)
+
+    with torch.no_grad():
+        res, ok = tracks.residuals(rig, xyz)
+        s_start = float(res[ok].norm(dim=-1).max()) if bool(ok.any()) else tracks.scale_px
+        stages = max(1, math.ceil(math.log2(max(s_start / tracks.scale_px, 1.0))) + 1)
+        for stage in range(stages):
+            s2 = (tracks.scale_px * 2.0 ** (stages - 1 - stage)) ** 2
+            current, damping = cost(res, ok, s2), 1e-3
+            for _ in range(iterations):
+                step_c, step_p = step(res, ok, damping, s2)
+                saved = [p.clone() for p in variables], xyz.clone()
+                apply(step_c, step_p)
+                trial_res, trial_ok = tracks.residuals(rig, xyz)
+                trial = cost(trial_res, trial_ok, s2)
+                if math.isfinite(trial) and trial < current:
+                    done = current - trial <= 1e-10 * current
+                    res, ok, current, damping = trial_res, trial_ok, trial, max(damping / 3, 1e-9)
+                    if done:
+                        break
+                    continue
+                for p, before in zip(variables, saved[0]):
+                    p.copy_(before)
+                xyz.copy_(saved[1])
+                damping *= 4
+                if damping > 1e8:
+                    break
+        tracks.xyz.copy_(xyz)

@@ -15,6 +15,7 @@ checkpoint of the (healthy) current state and re-raises.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -27,18 +28,21 @@ import torch
 
 from ..atomic import atomic_file
 from ..bundle import Camera, Scene
+from ..camera_models import get_model
 from ..errors import BundleError, CancelledError, EngineError
 from ..progress import Progress
 from . import metrics
 from .cameras import (CALIBRATABLE, LEARNABLE_DISTORTION, CameraRig, GroupAdam, Schedule, convert_camera,
                       lens_model)
 from .densify import DensifyConfig, Densifier, GsplatDensifier
+from .lpips import MIN_SIZE as MIN_LPIPS_SIZE, load_lpips
 from .ply import Splats
 from .project import project_gaussians
 from .sh import C0, num_coefficients, sh_colors
 from .track_loss import TrackLoss, bundle_adjust
 
 CHECKPOINT_VERSION = 1
+TRACK_SCALE_PX = 1.0  # Cauchy scale of the track loss, in the photos' full-size pixels (SIFT: a few tenths of a px)
 MIN_TRACK_OBSERVATIONS = 10  # per training view on average, or tracks are not used (too weak to constrain)
 PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
 
@@ -67,6 +71,7 @@ class TrainConfig:
     init_opacity: float = 0.5  # 3DGS starts at 0.1; 0.5 covers the image from the first step (short runs)
     ssim_weight: float = 0.2
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    downscale: int = 0  # train on photos this many times smaller (0: auto, `training_downscale`); tracks use full size
     seed: int = 0
     checkpoint_every: int = 1000
     log_every: int = 10  # training-curve sampling
@@ -138,6 +143,50 @@ def load_photos(scene: Scene) -> list[np.ndarray]:
                               f"camera {cam.id} is {cam.width}x{cam.height}")
         photos.append(rgb)
     return photos
+
+
+MAX_TRAINING_WIDTH = 1600  # auto downscale: 3DGS's rule (its loader shrinks wider photos to 1.6K)
+
+
+def training_downscale(scene: Scene, downscale: int) -> int:
+    """The integer factor photos are shrunk by for training: `downscale` when given, else (0) the smallest that
+    brings the widest camera to MAX_TRAINING_WIDTH or less."""
+    if downscale < 0:
+        raise EngineError(f"downscale must be a positive integer factor (or 0 for automatic), got {downscale}")
+    if downscale:
+        return int(downscale)
+    return max(1, math.ceil(max(cam.width for cam in scene.cameras.values()) / MAX_TRAINING_WIDTH))
+
+
+def scaled_camera(cam: Camera, factor: float, width: int, height: int) -> Camera:
+    """`cam` for images `factor` times larger (smaller for factor < 1), of size `width` x `height`: focal length and
+    principal point scale, distortion (in normalised coordinates) does not. Exact in COLMAP's pixel convention
+    (pixel centres at +0.5), where image coordinates scale with the image."""
+    params = [float(v) * factor for v in cam.params[:4]] + [float(v) for v in cam.params[4:]]
+    if cam.model != "LENS_FIELD":  # COLMAP order: SIMPLE_* models have one focal
+        fx, fy, cx, cy, extra = cam.split()
+        params = get_model(cam.model).join(fx * factor, fy * factor, cx * factor, cy * factor, extra)
+    return dataclasses.replace(cam, width=width, height=height, params=params)
+
+
+def downscale_scene(scene: Scene, photos: list[np.ndarray], factor: int) -> tuple[Scene, list[np.ndarray]]:
+    """`scene` and its photos at 1/`factor` size: each photo cropped at the right and bottom to a multiple of
+    `factor` (which leaves the intrinsics unchanged) and area-averaged, each camera scaled (`scaled_camera`)."""
+    import cv2
+
+    if factor == 1:
+        return scene, photos
+    small = copy.copy(scene)
+    small.cameras = {}
+    for cam_id, cam in scene.cameras.items():
+        if cam.width < factor or cam.height < factor:
+            raise EngineError(f"camera {cam_id}: {cam.width}x{cam.height} photos cannot be shrunk {factor} times")
+        small.cameras[cam_id] = scaled_camera(cam, 1 / factor, cam.width // factor, cam.height // factor)
+    out = []
+    for photo in photos:
+        h, w = (photo.shape[0] // factor) * factor, (photo.shape[1] // factor) * factor
+        out.append(cv2.resize(photo[:h, :w], (w // factor, h // factor), interpolation=cv2.INTER_AREA))
+    return small, out
 
 
 def training_cameras(scene: Scene, lens: str, calibrate: tuple[str, ...]
@@ -231,7 +280,7 @@ class Trainer:
 
     def __init__(self, scene: Scene, config: TrainConfig, checkpoint: Path | None = None,
                  photos: list[np.ndarray] | None = None) -> None:
-        self.scene, self.config = scene, config
+        self.config = config
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
         self.device = torch.device(config.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -240,13 +289,18 @@ class Trainer:
             raise EngineError(f"iterations must be at least 1, got {config.iterations}")
         torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
-        photos = load_photos(scene) if photos is None else photos
+        full_scene, full_photos = scene, load_photos(scene) if photos is None else photos
         if config.tracks not in ("auto", "on", "off"):
             raise EngineError(f"tracks must be auto, on or off, got {config.tracks!r}")
+        self.full_scene, self.downscale = full_scene, training_downscale(full_scene, config.downscale)
+        self.scene, photos = downscale_scene(full_scene, full_photos, self.downscale)
+        scene = self.scene
         self.targets = [torch.tensor(p, dtype=torch.float32, device=self.device) / 255.0 for p in photos]
         if config.cubemap not in ("auto", "always", "never"):
             raise EngineError(f"cubemap must be auto, always or never, got {config.cubemap!r}")
         cameras, self.notes, fields = training_cameras(scene, config.lens, tuple(config.calibrate))
+        if self.downscale > 1:
+            self.notes.append(f"training on photos {self.downscale}x smaller (feature tracks use the full size)")
         index = {cam.id: i for i, cam in enumerate(cameras)}
         poses = np.stack([im.cam_from_world for im in scene.images])
         points = scene.points.xyz if scene.points is not None else None
@@ -261,11 +315,15 @@ class Trainer:
         if not self.train_ids:
             raise EngineError(f"test_every={config.test_every} holds out all {n} images; nothing left to train on")
         self.background = torch.tensor(config.background, dtype=torch.float32, device=self.device)
+        self.lpips = load_lpips()
+        if self.lpips is not None:
+            self.lpips.to(self.device)
+            self.notes.append(f"held-out LPIPS from {', '.join(str(p) for p in self.lpips.sources)}")
         self.rasterize = self._pick_rasterizer()
         self.params = self._gaussian_params(initial_splats(scene, self.rig, config, self.rng))
         self.optimizers = {name: torch.optim.Adam([p], lr=0.0, eps=1e-15) for name, p in self.params.items()}
         self.camera_optimizer = self._camera_optimizer()
-        self.tracks = self._track_loss(photos)
+        self.tracks = self._track_loss(full_photos)
         self.track_optimizer = None if self.tracks is None else torch.optim.Adam([self.tracks.xyz], lr=0.0)
         self.track_report: dict[str, Any] = {}
         use_gsplat = self.rasterize.__module__.endswith("raster_gsplat")
@@ -321,21 +379,22 @@ class Trainer:
         return GroupAdam(groups, lr=0.0) if groups else None
 
     def _track_loss(self, photos: list[np.ndarray]) -> TrackLoss | None:
-        """Feature tracks of the training photos (`engine.tracks`; points triangulated with the bundle's cameras,
-        re-triangulated through the rig by `bundle_adjust`)."""
+        """Feature tracks of the full-size photos (`engine.tracks`; points triangulated with the bundle's cameras,
+        re-triangulated through the rig by `bundle_adjust`), their pixels scaled to the training size."""
         if self.config.tracks == "off" or self.camera_optimizer is None:  # tracks only serve calibration
             return None
         from ..tracks import find_tracks
 
         try:
-            tracks = find_tracks(self.scene, photos)
+            tracks = find_tracks(self.full_scene, photos)
+            tracks = dataclasses.replace(tracks, pixels=tracks.pixels / self.downscale)
         except EngineError as exc:
             if self.config.tracks == "on":
                 raise
             self.notes.append(f"no feature tracks ({exc}); calibrating from the photometric loss alone")
             return None
         try:
-            loss = TrackLoss(tracks, self.train_ids).to(self.device)
+            loss = TrackLoss(tracks, self.train_ids, scale_px=TRACK_SCALE_PX / self.downscale).to(self.device)
             if loss.observations < MIN_TRACK_OBSERVATIONS * len(self.train_ids):
                 raise EngineError(f"only {loss.observations} observations of feature tracks seen by 3 or more "
                                   f"training views ({MIN_TRACK_OBSERVATIONS} per view needed); photos too small or "
@@ -431,9 +490,15 @@ class Trainer:
             return metrics.psnr(image[rendered.valid], target[rendered.valid])
         return metrics.psnr(image, target)
 
-    def _scores(self, rendered: Rendered, target: torch.Tensor) -> tuple[float, float]:
-        """(PSNR over the pixels the lens sees, SSIM)."""
-        return self._psnr(rendered, target), float(metrics.ssim(rendered.image.detach().clamp(0, 1), target))
+    def _scores(self, rendered: Rendered, target: torch.Tensor) -> dict[str, float]:
+        """PSNR over the pixels the lens sees, SSIM, and LPIPS when its weights are on this machine (outside the
+        lens the target is the render, `_target`) and the image is large enough for its network."""
+        image = rendered.image.detach().clamp(0, 1)
+        scores = {"psnr": self._psnr(rendered, target), "ssim": float(metrics.ssim(image, target))}
+        if self.lpips is not None and min(image.shape[:2]) >= MIN_LPIPS_SIZE:
+            scores["lpips"] = float(self.lpips(image, torch.where(rendered.valid[..., None], target, image)
+                                               if rendered.valid is not None else target))
+        return scores
 
     def camera_every(self) -> int:
         """Steps per camera update: shared intrinsics need gradients from many views to be more than noise."""
@@ -533,7 +598,8 @@ class Trainer:
                 self.rig.pose[image] = xi.detach()
 
     def evaluate(self, refine: bool = True) -> dict[str, float]:
-        """PSNR / SSIM on held-out views (after pose refinement) and on training views."""
+        """PSNR / SSIM (and LPIPS, `lpips.load_lpips`) on held-out views (after pose refinement) and on training
+        views."""
         row: dict[str, float] = {"step": self.step}
         for split, ids in (("test", self.test_ids), ("train", self.train_ids)):
             if not ids:
@@ -544,11 +610,12 @@ class Trainer:
                     self.refine_test_pose(image)
                 with torch.no_grad():
                     values.append(self._scores(self.render(image), self.targets[image]))
-            row[f"{split}_psnr"] = float(np.mean([v[0] for v in values]))
-            row[f"{split}_ssim"] = float(np.mean([v[1] for v in values]))
+            for name in values[0]:
+                if all(name in v for v in values):
+                    row[f"{split}_{name}"] = float(np.mean([v[name] for v in values]))
         row["gaussians"] = self.gaussian_count()
         cams = self.rig.export_cameras()
-        row["focal"] = float(cams[0].split()[0])
+        row["focal"] = float(cams[0].params[0]) * self.downscale  # in the bundle's (full-size) pixels
         self.curves["eval"].append(row)
         self.last_eval = row
         return row
@@ -558,7 +625,7 @@ class Trainer:
         return {"version": CHECKPOINT_VERSION, "step": self.step,
                 "images": [im.name for im in self.scene.images],
                 "cameras": [(c.id, c.model) for c in self.rig.cameras],
-                "config": dataclasses.asdict(self.config),
+                "config": dataclasses.asdict(self.config), "downscale": self.downscale,
                 "params": {k: v.detach().cpu() for k, v in self.params.items()},
                 "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
                 "rig": {k: v.cpu() for k, v in self.rig.state_dict().items()},
@@ -593,6 +660,9 @@ class Trainer:
         if state["cameras"] != [(c.id, c.model) for c in self.rig.cameras]:
             raise EngineError(f"{path}: the checkpoint's cameras {state['cameras']} differ from this run's "
                               f"{[(c.id, c.model) for c in self.rig.cameras]} (same --lens?)")
+        if state.get("downscale") != self.downscale:
+            raise EngineError(f"{path}: the checkpoint trained on photos {state.get('downscale')}x smaller; this run "
+                              f"shrinks them {self.downscale}x (same --downscale?)")
         self.params = {k: torch.nn.Parameter(v.to(self.device)) for k, v in state["params"].items()}
         self.optimizers = {k: torch.optim.Adam([p], lr=0.0, eps=1e-15) for k, p in self.params.items()}
         for k, opt in self.optimizers.items():
@@ -620,7 +690,8 @@ class Trainer:
         return Splats(p["means"], p["quats"], p["scales"], p["opacities"], p["sh0"], p["shN"])
 
     def result(self) -> TrainResult:
-        cams = {cam.id: cam for cam in self.rig.export_cameras()}
+        cams = {cam.id: scaled_camera(cam, self.downscale, self.full_scene.cameras[cam.id].width,
+                                      self.full_scene.cameras[cam.id].height) for cam in self.rig.export_cameras()}
         poses = self.rig.export_poses()
         keep_poses = "pose" not in self.config.calibrate
         out_poses = {im.id: (im.cam_from_world if keep_poses else poses[i]) for i, im in enumerate(self.scene.images)}
@@ -684,6 +755,7 @@ def _log_eval(progress: Progress, row: dict[str, float], trainer: Trainer) -> No
     parts = [f"step {int(row['step'])}"]
     for split in ("test", "train"):
         if f"{split}_psnr" in row:
-            parts.append(f"{split} PSNR {row[f'{split}_psnr']:.2f} dB SSIM {row[f'{split}_ssim']:.4f}")
+            parts.append(f"{split} PSNR {row[f'{split}_psnr']:.2f} dB SSIM {row[f'{split}_ssim']:.4f}"
+                         + (f" LPIPS {row[f'{split}_lpips']:.4f}" if f"{split}_lpips" in row else ""))
     parts.append(f"{int(row['gaussians'])} splats, focal {row['focal']:.2f} px")
     progress.log(", ".join(parts))
