@@ -172,7 +172,10 @@ def _accuracy(report: Report) -> None:
     common = dict(iterations=ITERATIONS, sh_degree=1, sh_every=300, test_every=8, eval_every=0, eval_pose_steps=100,
                   calib_start=ITERATIONS // 10, calib_ramp=ITERATIONS // 20)
     runs = [("true cameras, no calibration", truth, TrainConfig(**common, calibrate=())),
-            ("perturbed, calibrating with tracks (default)", start, TrainConfig(**common, lens="radial")),
+            ("perturbed, calibrating with tracks and track Gaussians (default)", start,
+             TrainConfig(**common, lens="radial")),
+            ("perturbed, calibrating with tracks, no track Gaussians (--no-track-gaussians)", start,
+             TrainConfig(**common, lens="radial", track_gaussians=False)),
             ("perturbed, calibrating, photometric only (--tracks off)", start,
              TrainConfig(**common, lens="radial", tracks="off")),
             ("perturbed, no calibration", start, TrainConfig(**common, calibrate=())),
