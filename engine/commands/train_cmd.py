@@ -1,5 +1,6 @@
 """`python -m engine train BUNDLE [--iters N] [--calibrate focal,pp,pose,distortion] [--lens keep|pinhole|radial|
-opencv|fisheye|field|auto] [--tracks auto|on|off] [--cubemap auto|always|never] [--device auto|cpu|cuda] [--out BUNDLE]`
+opencv|fisheye|field|auto] [--tracks auto|on|off] [--no-track-gaussians] [--cubemap auto|always|never]
+[--device auto|cpu|cuda] [--out BUNDLE]`
 
 Trains Gaussian splats on a bundle's photos while refining its cameras (engine.splats.train), then writes the bundle
 (in place, or to --out) atomically with the trained cameras and poses, `splats.ply` (standard 3DGS layout; top-level
@@ -64,6 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracks", choices=("auto", "on", "off"), default="auto",
                         help="feature tracks constraining calibration: a bundle adjustment before training and a "
                              "fading reprojection loss during it (auto: when calibrating and tracks are found)")
+    parser.add_argument("--track-gaussians", action=argparse.BooleanOptionalAction, default=True,
+                        help="with tracks, one small splat on each track point, kept small by a scale loss "
+                             "(default on)")
     parser.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1 ... (default auto)")
     parser.add_argument("--shared-intrinsics", action="store_true",
                         help="one focal, principal point and distortion for all cameras (same model and size)")
@@ -108,9 +112,10 @@ def config_from_args(args: argparse.Namespace):
                        shared_intrinsics=args.shared_intrinsics, device=device, sh_degree=args.sh_degree,
                        batch_size=args.batch_size, test_every=args.test_every, eval_every=args.eval_every,
                        eval_pose_steps=args.eval_pose_steps, random_init=args.random_init,
-                       background=args.background, downscale=args.downscale, seed=args.seed, checkpoint_every=args.checkpoint_every,
-                       tracks=args.tracks, cubemap=args.cubemap, calib_start=args.iters // 10,
-                       calib_ramp=max(1, args.iters // 20),
+                       background=args.background, downscale=args.downscale, seed=args.seed,
+                       checkpoint_every=args.checkpoint_every, tracks=args.tracks,
+                       track_gaussians=args.track_gaussians, cubemap=args.cubemap,
+                       calib_start=args.iters // 10, calib_ramp=max(1, args.iters // 20),
                        densify=DensifyConfig(max_gaussians=args.max_gaussians))
 
 

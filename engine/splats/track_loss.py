@@ -65,6 +65,20 @@ class TrackLoss(torch.nn.Module):
     def observations(self) -> int:
         return len(self.track)
 
+    def observation_state(self) -> dict[str, torch.Tensor]:
+        """The observations and points (for checkpoints; `restore_observations` takes them back)."""
+        return {"xyz": self.xyz.detach().cpu(), "track": self.track.cpu(), "image": self.image.cpu(),
+                "pixels": self.pixels.cpu()}
+
+    @torch.no_grad()
+    def restore_observations(self, state: dict[str, torch.Tensor]) -> None:
+        """Take the observations and points of `observation_state` (of any size; the points keep their
+        Parameter)."""
+        self.xyz.data = state["xyz"].to(self.xyz)
+        for name in ("track", "image", "pixels"):
+            setattr(self, name, state[name].to(getattr(self, name)))
+        self.images = np.unique(self.image.cpu().numpy())
+
     @torch.no_grad()
     def drop_outliers(self, rig: CameraRig, limit_px: float) -> int:
         """Drop the observations reprojecting more than `limit_px` off (or not at all) through `rig`, and the tracks

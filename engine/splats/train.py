@@ -5,13 +5,14 @@ One step renders a batch of training views (projection `project`, compositor `ra
 3DGS learning rates) and the calibrated camera quantities (`cameras.CameraRig`, one Adam with warm-up schedules).
 Density control is `densify`. When calibrating, feature tracks (`engine.tracks`) first bundle-adjust the cameras
 and then stay in the loss with a fading weight (`track_loss`: photometric gradients alone are biased while the
-splats are poor). Lenses one perspective view cannot cover render through a cubemap (`cubemap`), and fisheye
-images are scored only where the lens sees. Every `test_every`-th image is held out; evaluation first refines
-each held-out view's pose against the frozen splats (so a view whose starting pose is off is not scored for that),
-then reports PSNR and SSIM. Checkpoints (atomic, `torch.save`) hold everything needed to resume; a non-finite loss
-stops training with
-`TrainingDiverged` before anything is overwritten, and a cancel (KeyboardInterrupt / CancelledError) saves a
-checkpoint of the (healthy) current state and re-raises.
+splats are poor); each track also gets a small Gaussian centred on its point (`track_gaussians`), rendered with the
+splats and kept small by a scale loss on the same fading schedule. Lenses one perspective view cannot cover render
+through a cubemap (`cubemap`), and fisheye images are scored only where the lens sees. Every `test_every`-th image
+is held out; evaluation first refines each held-out view's pose against the frozen splats (so a view whose starting
+pose is off is not scored for that), then reports PSNR and SSIM. Checkpoints (atomic, `torch.save`) hold
+everything needed to resume; a non-finite loss stops training with `TrainingDiverged` before anything is
+overwritten, and a cancel (KeyboardInterrupt / CancelledError) saves a checkpoint of the (healthy) current state
+and re-raises.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from .lpips import MIN_SIZE as MIN_LPIPS_SIZE, load_lpips
 from .ply import Splats
 from .project import project_gaussians
 from .sh import C0, num_coefficients, sh_colors
+from .track_gaussians import TrackGaussians
 from .track_loss import TrackLoss, bundle_adjust
 
 CHECKPOINT_VERSION = 1
@@ -97,10 +99,16 @@ class TrainConfig:
     # the track loss stays in the training loss with a weight fading linearly to track_final over track_fade steps)
     tracks: str = "auto"  # auto | on | off
     track_ba_iterations: int = 300
-    track_weight: float = 1e-3  # per px^2 of Cauchy loss, against the photometric loss
+    track_weight: float = 0.1  # per px^2 of Cauchy loss, against the photometric loss (bench_splats: 1e-3 and 1e-2
+    # let the photometric loss pull focal further from the bundle adjustment's result)
     track_fade: int = 0  # 0: the whole run
     track_final: float = 0.1
     lr_tracks: float = 1e-3  # track points, in units of the scene scale
+    # track Gaussians (`track_gaussians`, only with tracks): one splat per track centred on its point, never
+    # densified or pruned, kept within SCALE_BOUND_PX (2) pixel footprints by a scale loss weighted scale_weight per
+    # pixel of excess, fading like the track loss (0: no scale loss)
+    track_gaussians: bool = True
+    scale_weight: float = 0.1
 
 
 @dataclass
@@ -235,6 +243,7 @@ def _nearest_neighbour_scale(xyz: np.ndarray) -> np.ndarray:
     pts = np.ascontiguousarray(xyz, dtype=np.float32)
     if len(pts) < 4:
         return np.full(len(pts), 0.01, dtype=np.float32)
+    cv2.setRNGSeed(0)  # FLANN's randomised trees: the same neighbours every run
     index = cv2.flann_Index(pts, dict(algorithm=1, trees=4))  # FLANN_INDEX_KDTREE
     _, d2 = index.knnSearch(pts, 4, params=dict(checks=64))  # squared distances; first is the point itself
     return np.sqrt(np.maximum(d2[:, 1:].mean(1), 1e-14)).astype(np.float32)
@@ -325,6 +334,10 @@ class Trainer:
         self.camera_optimizer = self._camera_optimizer()
         self.tracks = self._track_loss(full_photos)
         self.track_optimizer = None if self.tracks is None else torch.optim.Adam([self.tracks.xyz], lr=0.0)
+        self.track_gaussians = None if self.tracks is None or not config.track_gaussians else TrackGaussians(
+            self.tracks, self.rig, self.targets, config.sh_degree, config.init_opacity)
+        if self.track_gaussians is not None:
+            self.notes.append(f"{len(self.track_gaussians)} track Gaussians, one on each track point")
         self.track_report: dict[str, Any] = {}
         use_gsplat = self.rasterize.__module__.endswith("raster_gsplat")
         self.densifier = (GsplatDensifier if use_gsplat else Densifier)(config.densify, self.rig.scene_scale)
@@ -414,12 +427,19 @@ class Trainer:
             return {}
         calibrate = [g["name"] for g in self.camera_optimizer.param_groups]
         self.track_report = bundle_adjust(self.rig, self.tracks, calibrate, self.config.track_ba_iterations)
+        if self.track_gaussians is not None:  # on the adjusted points, outliers dropped: one per remaining track
+            self.track_gaussians = TrackGaussians(self.tracks, self.rig, self.targets, self.config.sh_degree,
+                                                  self.config.init_opacity)
         return self.track_report
 
-    def track_weight(self, step: int) -> float:
+    def track_fade(self, step: int) -> float:
+        """Factor on the track and scale losses at `step`: 1 fading linearly to track_final over track_fade."""
         c = self.config
         fade = c.track_fade if c.track_fade > 0 else c.iterations
-        return c.track_weight * (1 - (1 - c.track_final) * min(1.0, step / fade))
+        return 1 - (1 - c.track_final) * min(1.0, step / fade)
+
+    def track_weight(self, step: int) -> float:
+        return self.config.track_weight * self.track_fade(step)
 
     def _schedules(self) -> dict[str, Schedule]:
         c = self.config
@@ -439,7 +459,7 @@ class Trainer:
         camera needs one (`_cubemap_faces`)."""
         from .cubemap import render_cubemap
 
-        p = self.params
+        p = self.all_params()
         index = self.rig.image_cameras[image]
         cam, params = self.rig.image_camera(image)
         pose = self.rig.cam_from_world(image, xi)
@@ -510,7 +530,20 @@ class Trainer:
         return min(self.config.sh_degree, self.step // max(self.config.sh_every, 1))
 
     def gaussian_count(self) -> int:
-        return len(self.params["means"])
+        """Splats rendered and written: the densified ones and the track Gaussians."""
+        return len(self.params["means"]) + (len(self.track_gaussians) if self.track_gaussians is not None else 0)
+
+    def all_params(self) -> dict[str, torch.Tensor]:
+        """Every splat's attributes: `params` (densified), then the track Gaussians (means: the track points)."""
+        if self.track_gaussians is None:
+            return self.params
+        extra = self.track_gaussians.attributes()
+        return {k: torch.cat([v, extra[k]]) for k, v in self.params.items()}
+
+    def _gaussian_optimizers(self) -> list[tuple[str, torch.optim.Optimizer]]:
+        """(attribute name, Adam) of the densified splats and of the track Gaussians."""
+        out = list(self.optimizers.items())
+        return out + (list(self.track_gaussians.optimizers.items()) if self.track_gaussians is not None else [])
 
     # -- one step -------------------------------------------------------------------------------------------------
     def _next_batch(self) -> list[int]:
@@ -524,7 +557,7 @@ class Trainer:
     def train_step(self, loss_fn: Callable = metrics.photometric_loss) -> dict[str, float]:
         step = self.step + 1
         schedules = self._schedules()
-        for name, opt in self.optimizers.items():
+        for name, opt in self._gaussian_optimizers():
             opt.param_groups[0]["lr"] = schedules[name](step)
         if self.camera_optimizer is not None:
             for group in self.camera_optimizer.param_groups:
@@ -549,34 +582,38 @@ class Trainer:
         if self.tracks is not None:
             self.track_optimizer.param_groups[0]["lr"] = schedules["means"](step) / self.config.lr_means * \
                 self.config.lr_tracks
-            (self.track_weight(step) * self.tracks(self.rig)).backward()
+            tg = self.track_gaussians
+            loss = self.track_weight(step) * self.tracks(self.rig, None if tg is None else tg.anchored_points())
+            if tg is not None and self.config.scale_weight > 0:
+                loss = loss + self.config.scale_weight * self.track_fade(step) * tg.scale_loss()
+            loss.backward()
             self.track_optimizer.step()
             self.track_optimizer.zero_grad(set_to_none=True)
-        for opt in self.optimizers.values():
+        for _, opt in self._gaussian_optimizers():
             opt.step()
         if self.camera_optimizer is not None and step % self.camera_every() == 0:
             if any(g["lr"] > 0 for g in self.camera_optimizer.param_groups):
                 self.camera_optimizer.step()
             self.camera_optimizer.zero_grad(set_to_none=True)
         self._densify(step, views)
-        for opt in self.optimizers.values():
+        for _, opt in self._gaussian_optimizers():
             opt.zero_grad(set_to_none=True)
         self.step = step
         return {"step": step, "loss": total, "psnr": float(np.mean(psnrs)), "gaussians": self.gaussian_count()}
 
     def _densify(self, step: int, views: list) -> None:
+        n = len(self.params["means"])  # the rows of `params`; the track Gaussians after them are left alone
         if isinstance(self.densifier, GsplatDensifier):
-            grads = torch.stack([pr.means2d.grad for pr, _ in views])
+            grads = torch.stack([pr.means2d.grad[:n] for pr, _ in views])
             proxy = torch.zeros_like(grads)
             proxy.grad = grads
             height, width = views[0][1]
-            info = {"means2d": proxy, "radii": torch.stack([pr.radii for pr, _ in views]), "width": width,
+            info = {"means2d": proxy, "radii": torch.stack([pr.radii[:n] for pr, _ in views]), "width": width,
                     "height": height, "n_cameras": len(views), "gaussian_ids": None}
             self.densifier.step(step, self.params, self.optimizers, info)
         else:
-            n = self.gaussian_count()
             for pr, (height, width) in views:
-                self.densifier.accumulate(n, pr.means2d.grad, pr.visible, width, height, len(views))
+                self.densifier.accumulate(n, pr.means2d.grad[:n], pr.visible[:n], width, height, len(views))
             self.densifier.step(step, self.params, self.optimizers)
 
     # -- evaluation -----------------------------------------------------------------------------------------------
@@ -631,15 +668,16 @@ class Trainer:
                 "rig": {k: v.cpu() for k, v in self.rig.state_dict().items()},
                 "camera_optimizer": None if self.camera_optimizer is None else self.camera_optimizer.state_dict(),
                 "densifier": self.densifier.state_dict(), "order": list(self.order),
-                "tracks": None if self.tracks is None else {"xyz": self.tracks.xyz.detach().cpu(),
-                                                            "optimizer": self.track_optimizer.state_dict()},
+                "tracks": None if self.tracks is None else {
+                    "observations": self.tracks.observation_state(), "optimizer": self.track_optimizer.state_dict(),
+                    "gaussians": None if self.track_gaussians is None else self.track_gaussians.state_dict()},
                 "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                 "curves": self.curves, "last_eval": self.last_eval}
 
     def save_checkpoint(self) -> None:
         if self.checkpoint is None:
             return
-        if not all(torch.isfinite(v).all() for v in self.params.values()):
+        if not all(torch.isfinite(v).all() for v in self.all_params().values()):
             raise TrainingDiverged(f"step {self.step}: the splats hold NaN or infinite values; the last good "
                                    f"checkpoint {self.checkpoint} is kept")
         with atomic_file(self.checkpoint) as f:
@@ -671,14 +709,18 @@ class Trainer:
         if self.camera_optimizer is not None and state["camera_optimizer"] is not None:
             self.camera_optimizer.load_state_dict(state["camera_optimizer"])
         self.densifier.load_state_dict(state["densifier"])
-        if (state.get("tracks") is None) != (self.tracks is None) or (
-                self.tracks is not None and state["tracks"]["xyz"].shape != self.tracks.xyz.shape):
-            raise EngineError(f"{path}: the checkpoint's feature tracks differ from this run's (same --tracks and "
-                              f"photos?)")
-        if self.tracks is not None:
-            with torch.no_grad():
-                self.tracks.xyz.copy_(state["tracks"]["xyz"])
+        if (state.get("tracks") is None) != (self.tracks is None):
+            raise EngineError(f"{path}: the checkpoint was made with feature tracks "
+                              f"{'off' if self.tracks is not None else 'on'} (same --tracks and photos?)")
+        if self.tracks is not None and (state["tracks"].get("gaussians") is None) != (self.track_gaussians is None):
+            raise EngineError(f"{path}: the checkpoint was made with track Gaussians "
+                              f"{'off' if self.track_gaussians is not None else 'on'}; this run has them "
+                              f"{'on' if self.track_gaussians is not None else 'off'}")
+        if self.tracks is not None:  # the checkpoint's tracks, as bundle-adjusted and filtered (SIFT varies by run)
+            self.tracks.restore_observations(state["tracks"]["observations"])
             self.track_optimizer.load_state_dict(state["tracks"]["optimizer"])
+        if self.track_gaussians is not None:
+            self.track_gaussians.load_state_dict(state["tracks"]["gaussians"])
         self.step, self.order = int(state["step"]), list(state["order"])
         self.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
@@ -686,8 +728,12 @@ class Trainer:
 
     # -- results --------------------------------------------------------------------------------------------------
     def splats(self) -> Splats:
-        p = {k: v.detach().cpu().numpy() for k, v in self.params.items()}
+        p = {k: v.detach().cpu().numpy() for k, v in self.all_params().items()}
         return Splats(p["means"], p["quats"], p["scales"], p["opacities"], p["sh0"], p["shN"])
+
+    def _track_gaussian_facts(self) -> dict[str, float]:
+        size = self.track_gaussians.size_px().detach()
+        return {"count": len(size), "median_size_px": float(size.median()), "max_size_px": float(size.max())}
 
     def result(self) -> TrainResult:
         cams = {cam.id: scaled_camera(cam, self.downscale, self.full_scene.cameras[cam.id].width,
@@ -698,6 +744,7 @@ class Trainer:
         facts = {"iterations": self.step, "gaussians": self.gaussian_count(),
                  **({"track_bundle_adjustment": self.track_report} if self.track_report else {}),
                  **({"track_rms_px": self.tracks.rms(self.rig)} if self.tracks is not None else {}),
+                 **({"track_gaussians": self._track_gaussian_facts()} if self.track_gaussians is not None else {}),
                  "calibrated": list(self.config.calibrate), "held_out": [self.scene.images[i].name
                                                                         for i in self.test_ids],
                  **{k: v for k, v in self.last_eval.items() if k != "step"}}
