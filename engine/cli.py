@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train_cmd", "train Gaussian splats while refining focal, principal point, poses and distortion"),
     "project": ("project_cmd", "project camera-frame rays (.npy) to pixels through a bundle camera's lens"),
     "unproject": ("unproject_cmd", "unit camera-frame rays (.npy) through pixels of a bundle camera, any lens"),
+    "undistort": ("undistort_cmd", "rewrite a bundle as PINHOLE cameras with photos resampled through the lens"),
 }
 
 

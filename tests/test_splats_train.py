@@ -256,3 +256,17 @@ def test_cancel_keeps_outputs_and_resume_finishes(room, tmp_path):
                for e in evs)
     assert evs[-1]["result"]["metrics"]["iterations"] == saved + 3
     assert read_bundle(bundle).extras["splats"] == "splats.ply"
+
+
+def test_density_control_stops_at_half_the_run(room, one_thread):
+    """Splats split in the last steps would be scored and saved before they fit anything: refinement ends at half
+    the run (3DGS: 15k of 30k steps) whatever DensifyConfig.stop says."""
+    from engine.splats.train import Trainer
+
+    config = small_config(iterations=40, densify=DensifyConfig(start=5, every=5, stop=10_000, grad_threshold=1e-6))
+    trainer = Trainer(read_bundle(room), config)
+    counts = [trainer.gaussian_count()]
+    for _ in range(40):
+        trainer.train_step()
+        counts.append(trainer.gaussian_count())
+    assert len(set(counts[:21])) > 1 and len(set(counts[21:])) == 1, counts

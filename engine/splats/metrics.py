@@ -23,6 +23,11 @@ def _window(channels: int, dtype: torch.dtype, device: torch.device) -> torch.Te
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean SSIM of two (H, W, C) images with values in [0, 1]."""
+    return ssim_map(a, b).mean()
+
+
+def ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-pixel SSIM (H, W) of two (H, W, C) images, averaged over channels (for scores within a region)."""
     x, y = a.permute(2, 0, 1)[None], b.permute(2, 0, 1)[None]
     channels = x.shape[1]
     w = _window(channels, x.dtype, x.device)
@@ -34,7 +39,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     sxx, syy, sxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
     c1, c2 = 0.01 ** 2, 0.03 ** 2
     value = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
-    return value.mean()
+    return value[0].mean(0)
 
 
 def photometric_loss(render: torch.Tensor, target: torch.Tensor, ssim_weight: float = 0.2) -> torch.Tensor:

@@ -340,7 +340,10 @@ class Trainer:
             self.notes.append(f"{len(self.track_gaussians)} track Gaussians, one on each track point")
         self.track_report: dict[str, Any] = {}
         use_gsplat = self.rasterize.__module__.endswith("raster_gsplat")
-        self.densifier = (GsplatDensifier if use_gsplat else Densifier)(config.densify, self.rig.scene_scale)
+        # 3DGS refines during the first half of its run (15k of 30k steps): splats split in the last steps would be
+        # evaluated and saved before they fit anything
+        densify = dataclasses.replace(config.densify, stop=min(config.densify.stop, config.iterations // 2))
+        self.densifier = (GsplatDensifier if use_gsplat else Densifier)(densify, self.rig.scene_scale)
         self.step = 0
         self.order: list[int] = []
         self.curves: dict[str, list[dict[str, float]]] = {"train": [], "eval": []}
@@ -374,6 +377,12 @@ class Trainer:
             if use:
                 self.notes.append(f"camera {cam.id}: rendered through a cubemap ({sizes[-1]} px faces)")
         return sizes
+
+    def set_splats(self, splats: Splats) -> None:
+        """Replace the (ordinary) splats, e.g. to score splats trained elsewhere on this scene's views; their
+        optimiser state starts afresh."""
+        self.params = self._gaussian_params(splats)
+        self.optimizers = {name: torch.optim.Adam([p], lr=0.0, eps=1e-15) for name, p in self.params.items()}
 
     def _gaussian_params(self, splats: Splats) -> dict[str, torch.nn.Parameter]:
         values = {"means": splats.means, "scales": splats.log_scales, "quats": splats.quats,
