@@ -8,8 +8,9 @@ rig (`cameras.CameraRig`: focal, principal point, distortion, pose - any camera 
 `engine.projection.project`). The residuals enter a Cauchy (Lorentzian) loss, rho(r) = s^2 log(1 + |r|^2 / s^2),
 s = `scale_px`, so mismatched tracks that survived verification lose their pull.
 
-`bundle_adjust` minimises that loss over the cameras alone (L-BFGS, track points re-triangulated at every
-evaluation) before the splats start, so they fit corrected cameras from step 1; `TrackLoss` then stays in the training loss with a weight that fades out
+`bundle_adjust` minimises that loss over the cameras and the track points before the splats start (Levenberg-Marquardt
+with the points eliminated, mismatches filtered between two adjustments; see there), so the splats fit corrected
+cameras from step 1; `TrackLoss` then stays in the training loss with a weight that fades out
 (`TrainConfig.track_weight`, `track_fade`). Only observations in training images are used, so held-out views stay
 unseen. The similarity gauge (7 dof) is left free: the loss is invariant along it, so its gradient has no component
 there, and the splats pin the frame during training; `bundle_adjust` keeps the camera centres (see there).
@@ -261,15 +262,17 @@ def _schur_lm(rig: CameraRig, tracks: TrackLoss, calibrate: Sequence[str], itera
     scalars = [(p, i) for name, p in (("focal", rig.log_focal), ("pp", rig.pp), ("distortion", rig.distortion))
                if name in calibrate for i in range(p.numel())]
     pose_dims = (list(range(6)) if move_centres else [0, 1, 2]) if "pose" in calibrate else []
-    views = torch.as_tensor(np.asarray(tracks.images))
-    slot = torch.full((len(rig.poses0),), -1, dtype=torch.long)
-    slot[views] = torch.arange(len(views))
+    xyz = tracks.xyz.detach().clone()
+    device = xyz.device  # the rig's and the tracks' (CPU or CUDA)
+    views = torch.as_tensor(np.asarray(tracks.images), device=device)
+    slot = torch.full((len(rig.poses0),), -1, dtype=torch.long, device=device)
+    slot[views] = torch.arange(len(views), device=device)
     obs_slot = slot[tracks.image]
     n_glob = len(scalars)
     n_cam, m, n_pts = n_glob + len(views) * len(pose_dims), tracks.observations, len(tracks.xyz)
     variables = (rig.log_focal, rig.pp, rig.distortion, rig.pose)
-    xyz = tracks.xyz.detach().clone()
-    rows = torch.arange(m)
+    rows = torch.arange(m, device=device)
+    dims = torch.tensor(pose_dims, dtype=torch.long, device=device)
 
     def cost(res: torch.Tensor, ok: torch.Tensor, s2: float) -> float:
         # an observation that does not project (behind the camera) costs as much as one 10 s off, so a step cannot
@@ -291,7 +294,7 @@ def _schur_lm(rig: CameraRig, tracks: TrackLoss, calibrate: Sequence[str], itera
 
     def jacobians() -> tuple[torch.Tensor, torch.Tensor]:
         """(m, 2, n_cam) camera and (m, 2, 3) point Jacobians of the residuals."""
-        jc = torch.zeros(m, 2, n_cam, dtype=xyz.dtype)
+        jc = torch.zeros(m, 2, n_cam, dtype=xyz.dtype, device=device)
         for k, perturb in enumerate(perturbations()):
             jc[:, :, k] = central(perturb, 1e-6)
         for k, dim in enumerate(pose_dims):
@@ -309,17 +312,19 @@ def _schur_lm(rig: CameraRig, tracks: TrackLoss, calibrate: Sequence[str], itera
         jct, jpt = jc.transpose(1, 2), jp.transpose(1, 2)
         u = torch.einsum("mai,maj->ij", jc * w, jc)
         g_c = torch.einsum("mai,mab->i", jc * w, r)
-        v = torch.zeros(n_pts, 3, 3, dtype=r.dtype).index_add_(0, tracks.track, w * jpt @ jp)
-        cross = torch.zeros(n_pts, n_cam, 3, dtype=r.dtype).index_add_(0, tracks.track, w * jct @ jp)
-        g_p = torch.zeros(n_pts, 3, dtype=r.dtype).index_add_(0, tracks.track, (w * jpt @ r)[..., 0])
+        def per_point(values: torch.Tensor) -> torch.Tensor:  # sums over each track's observations
+            return torch.zeros(n_pts, *values.shape[1:], dtype=r.dtype, device=device).index_add_(
+                0, tracks.track, values)
+
+        v, cross, g_p = per_point(w * jpt @ jp), per_point(w * jct @ jp), per_point((w * jpt @ r)[..., 0])
         active = (torch.diagonal(u) > 0).nonzero().flatten()  # unused intrinsic scalars, unobserved images
         u = u + torch.diag(damping * torch.diagonal(u))
         v_inv = torch.linalg.inv(v + damping * torch.diag_embed(torch.diagonal(v, dim1=1, dim2=2))
-                                 + 1e-12 * torch.eye(3, dtype=v.dtype))
+                                 + 1e-12 * torch.eye(3, dtype=v.dtype, device=device))
         y = cross @ v_inv
         schur = u - torch.einsum("tpa,tqa->pq", y, cross)
         rhs = -g_c + torch.einsum("tpa,ta->p", y, g_p)
-        step_c = torch.zeros(n_cam, dtype=r.dtype)
+        step_c = torch.zeros(n_cam, dtype=r.dtype, device=device)
         step_c[active] = torch.linalg.solve(schur[active][:, active], rhs[active])
         step_p = (v_inv @ (-g_p - torch.einsum("tpa,p->ta", cross, step_c))[:, :, None])[..., 0]
         return step_c, step_p
@@ -328,7 +333,7 @@ def _schur_lm(rig: CameraRig, tracks: TrackLoss, calibrate: Sequence[str], itera
         for k, (p, i) in enumerate(scalars):
             p.view(-1)[i] += step_c[k]
         if pose_dims:
-            rig.pose[views[:, None], torch.tensor(pose_dims)] += step_c[n_glob:].reshape(len(views), -1)
+            rig.pose[views[:, None], dims] += step_c[n_glob:].reshape(len(views), -1)
         xyz.add_(step_p)
 
     with torch.no_grad():
