@@ -340,7 +340,8 @@ def _training(report: Report) -> None:
                               + (f"{ba['tracks']} / {ba['rms_before_px']:.2f} -> {ba['rms_after_px']:.2f}" if ba
                                  else "-") + " |")
     refine = _training_config("true").densify
-    refine_steps = [k for k in range(refine.start + 1, min(refine.stop, TRAIN_ITERATIONS)) if k % refine.every == 0]
+    refine_steps = [k for k in range(refine.start + 1, min(refine.stop, TRAIN_ITERATIONS // 2))
+                    if k % refine.every == 0]  # the trainer stops refining at half the run
     report.notes += [
         f"Training on generated fisheye rooms ({TRAIN_VIEWS} views, {TRAIN_SIZE}x{TRAIN_SIZE}, every "
         f"{TRAIN_TEST_EVERY}th view held out; {TRAIN_ITERATIONS} steps, SH degree 1, densifying at steps "
