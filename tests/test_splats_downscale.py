@@ -2,7 +2,7 @@
 full-size feature tracks brought to the training size, and cameras returned at the bundle's size."""
 from __future__ import annotations
 
-import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -78,16 +78,9 @@ def test_training_at_half_size_returns_full_size_cameras(room, tmp_path):
     assert (cam.width, cam.height) == (true.width, true.height)
     assert cam.params == pytest.approx(true.params, abs=1e-4)
     trainer.save_checkpoint()
-    other = Trainer(truth, dict_replace(config, downscale=1), checkpoint=tmp_path / "run.pt")
+    other = Trainer(truth, dataclasses.replace(config, downscale=1), checkpoint=tmp_path / "run.pt")
     with pytest.raises(EngineError, match="2x smaller; this run shrinks them 1x"):
         other.load_checkpoint()
-
-
-def dict_replace(config: TrainConfig, **kw) -> TrainConfig:
-    out = copy.deepcopy(config)
-    for key, value in kw.items():
-        setattr(out, key, value)
-    return out
 
 
 def test_full_size_tracks_fit_the_training_size_cameras(room):
@@ -100,10 +93,10 @@ def test_full_size_tracks_fit_the_training_size_cameras(room):
     truth = read_bundle(room)
     config = TrainConfig(iterations=1, downscale=2, lens="radial", tracks="on", sh_degree=0, test_every=5,
                          eval_every=0, eval_pose_steps=0, calib_start=0, calib_ramp=1)
-    trainer = Trainer(truth, dict_replace(config, calibrate=("focal",)))
+    trainer = Trainer(truth, dataclasses.replace(config, calibrate=("focal",)))
     report = trainer.calibrate_from_tracks()
     assert report["rms_before_px"] < 0.35, report
     start = perturb(truth, focal=1.1)
-    result = train(start, dict_replace(config, calibrate=("focal", "pp", "distortion")))
+    result = train(start, dataclasses.replace(config, calibrate=("focal", "pp", "distortion")))
     fx = result.cameras[1].params[0]
     assert abs(fx / truth.cameras[1].params[0] - 1) < 0.01 and result.cameras[1].width == 128

@@ -170,8 +170,9 @@ def scaled_camera(cam: Camera, factor: float, width: int, height: int) -> Camera
     """`cam` for images `factor` times larger (smaller for factor < 1), of size `width` x `height`: focal length and
     principal point scale, distortion (in normalised coordinates) does not. Exact in COLMAP's pixel convention
     (pixel centres at +0.5), where image coordinates scale with the image."""
-    params = [float(v) * factor for v in cam.params[:4]] + [float(v) for v in cam.params[4:]]
-    if cam.model != "LENS_FIELD":  # COLMAP order: SIMPLE_* models have one focal
+    if cam.model == "LENS_FIELD":  # fx, fy, cx, cy, then the grid (radius, size, displacements: normalised)
+        params = [float(v) * factor for v in cam.params[:4]] + [float(v) for v in cam.params[4:]]
+    else:  # COLMAP order: SIMPLE_* models have one focal
         fx, fy, cx, cy, extra = cam.split()
         params = get_model(cam.model).join(fx * factor, fy * factor, cx * factor, cy * factor, extra)
     return dataclasses.replace(cam, width=width, height=height, params=params)
@@ -329,8 +330,7 @@ class Trainer:
             self.lpips.to(self.device)
             self.notes.append(f"held-out LPIPS from {', '.join(str(p) for p in self.lpips.sources)}")
         self.rasterize = self._pick_rasterizer()
-        self.params = self._gaussian_params(initial_splats(scene, self.rig, config, self.rng))
-        self.optimizers = {name: torch.optim.Adam([p], lr=0.0, eps=1e-15) for name, p in self.params.items()}
+        self.set_splats(initial_splats(scene, self.rig, config, self.rng))
         self.camera_optimizer = self._camera_optimizer()
         self.tracks = self._track_loss(full_photos)
         self.track_optimizer = None if self.tracks is None else torch.optim.Adam([self.tracks.xyz], lr=0.0)
