@@ -16,13 +16,17 @@ fisheye render.
 Training (`_training`, issue #7's accuracy protocol): generated rooms (`scenegen.generate`, exact fisheye ground
 truth) seen through two lenses: 180 deg equidistant, and the 190 deg `mild_radial` lens of the accuracy section
 (strong high-order terms; the scenegen "polynomial" lens, a 13th-degree wave, is beyond what the trainer's field
-reaches). Four runs per lens, two single-threaded at a time: the true lens without calibration (reference);
-LENS_FIELD and OPENCV_FISHEYE (`--lens field` / `fisheye`, calibrating everything, feature tracks when found) from an
-equidistant guess with focal +5 % and the true poses; and what COLMAP + plain 3DGS users do: the photos undistorted
-to a perspective crop through the true lens (`engine.undistort`), PINHOLE trained without calibration, its splats
-then rendered through the true fisheye lens and scored on the held-out fisheye photos, so the periphery the crop
-lost counts. Reported: the lens's angular error over every pixel (`lens_angular_error_deg`), held-out PSNR / SSIM
-over the whole image, the centre the crop holds and the periphery outside it.
+reaches). The photos are rendered PHOTO_SCALE times larger than the training size (384x384 for 96x96): feature
+tracks come from the full-size photos, as they would from real ones, and every run trains on them shrunk PHOTO_SCALE
+times (`TrainConfig.downscale`), so a step costs what it does at 96x96. Four runs per lens, two single-threaded at a
+time: the true lens without calibration (reference); LENS_FIELD and OPENCV_FISHEYE (`--lens field` / `fisheye`,
+calibrating everything, feature tracks when found) from an equidistant guess with focal +5 % and the true poses; and
+what COLMAP + plain 3DGS users do: the photos undistorted to a perspective crop through the true lens
+(`engine.undistort`, at the full size), PINHOLE trained without calibration (same downscale), its splats then
+rendered through the true fisheye lens and scored on the held-out fisheye photos, so the periphery the crop lost
+counts. Reported: the lens's angular error (`lens_angular_error_deg`: the trained camera at the photos' full size
+against the true one, at the centre of every training pixel), held-out PSNR / SSIM at the training size over the
+whole image, the centre the crop holds and the periphery outside it.
 """
 from __future__ import annotations
 
@@ -37,7 +41,8 @@ import numpy as np
 from . import ROOT, Report, Row
 
 CACHE = ROOT / "out" / "bench_lens"
-TRAIN_SIZE = 96  # training section: square photos,
+TRAIN_SIZE = 96  # training section: square training images,
+PHOTO_SCALE = 4  # from photos this many times larger (384x384; feature tracks come from them),
 TRAIN_VIEWS = 10  # views of the generated room,
 TRAIN_TEST_EVERY = 5  # every 5th held out,
 TRAIN_ITERATIONS = 600  # steps per run (8 runs: ~15-20 min on 2 cores)
@@ -187,10 +192,10 @@ def _training_lenses():
     """(key, description, true camera) of the training section's two lenses (module docstring)."""
     from scenegen import lenses
 
-    return [("equidistant_180", "180 deg equidistant (OPENCV_FISHEYE, k = 0)",
-             lenses.equidistant(TRAIN_SIZE, TRAIN_SIZE, 180.0)),
+    size = PHOTO_SCALE * TRAIN_SIZE  # the photos' size
+    return [("equidistant_180", "180 deg equidistant (OPENCV_FISHEYE, k = 0)", lenses.equidistant(size, size, 180.0)),
             ("mild_radial_190", "190 deg mild_radial + decentring (LENS_FIELD grid)",
-             lenses.radial_field_lens(TRAIN_SIZE, TRAIN_SIZE, 190.0, mild_radial, decentre=(0.002, -0.001)))]
+             lenses.radial_field_lens(size, size, 190.0, mild_radial, decentre=(0.002, -0.001)))]
 
 
 def _training_scenes(key: str, camera) -> tuple[Path, Path]:
@@ -201,7 +206,7 @@ def _training_scenes(key: str, camera) -> tuple[Path, Path]:
     from engine.undistort import undistort_scene
     from scenegen.generate import generate
 
-    bundle = CACHE / f"train_{key}_{TRAIN_SIZE}_{TRAIN_VIEWS}"
+    bundle = CACHE / f"train_{key}_{camera.width}_{TRAIN_VIEWS}"  # named for the photos' size
     if not (bundle / "scene.json").is_file():
         bpy.ops.wm.read_homefile(use_empty=True)
         generate(bundle, kind="room", n_views=TRAIN_VIEWS, camera=camera, samples=8, n_points=8000, save_depth=True)
@@ -210,12 +215,13 @@ def _training_scenes(key: str, camera) -> tuple[Path, Path]:
 
 def _training_config(run: str):
     """The TrainConfig of training run `run` (TRAIN_RUNS; `_training_run` turns calibration and tracks off where
-    the run needs). Densification refines every 100 steps from step 200 (a short run) until half the run (the
-    trainer's limit)."""
+    the run needs): photos shrunk PHOTO_SCALE times. Densification refines every 100 steps from step 200 (a short
+    run) until half the run (the trainer's limit)."""
     from engine.splats.densify import DensifyConfig
     from engine.splats.train import TrainConfig
 
-    return TrainConfig(iterations=TRAIN_ITERATIONS, lens=run if run in ("field", "fisheye") else "keep", sh_degree=1,
+    return TrainConfig(iterations=TRAIN_ITERATIONS, downscale=PHOTO_SCALE,
+                       lens=run if run in ("field", "fisheye") else "keep", sh_degree=1,
                        sh_every=TRAIN_ITERATIONS // 2, test_every=TRAIN_TEST_EVERY, eval_every=0, eval_pose_steps=50,
                        checkpoint_every=0, calib_start=TRAIN_ITERATIONS // 10, calib_ramp=TRAIN_ITERATIONS // 20,
                        densify=DensifyConfig(start=100))
@@ -223,7 +229,8 @@ def _training_config(run: str):
 
 def _regions(true, pinhole):
     """Masks (H, W) of the fisheye image: 'all' pixels the true lens sees, the 'centre' whose rays the perspective
-    crop `pinhole` holds, and the 'periphery' outside it."""
+    crop `pinhole` holds, and the 'periphery' outside it; at the size of `true` (the training size, where the
+    trainer's targets are)."""
     import torch
 
     from engine.projection import project, unproject_directions
@@ -270,7 +277,7 @@ def _training_run(args):
     import torch
 
     from engine.bundle import read_bundle
-    from engine.splats.train import Trainer
+    from engine.splats.train import Trainer, downscale_scene
 
     from .bench_splats import perturb
 
@@ -278,7 +285,8 @@ def _training_run(args):
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     truth, pinhole = read_bundle(fisheye), read_bundle(undistorted)
-    regions = _regions(true, pinhole.cameras[true.id])
+    small = [downscale_scene(s, [], config.downscale)[0].cameras[true.id] for s in (truth, pinhole)]  # as trained
+    regions = _regions(*small)
     out = {}
     if run == "undistort":
         flat = Trainer(pinhole, dataclasses.replace(config, calibrate=(), tracks="off", cubemap="never"))
@@ -294,8 +302,8 @@ def _training_run(args):
         out["tracks"] = trainer.track_report
     row = trainer.evaluate()
     if run != "undistort":
-        cam = trainer.result().cameras[true.id]  # in the photos' pixels
-        out["angles"] = lens_angular_error_deg(true, cam.model, cam.params, n=true.width)
+        cam = trainer.result().cameras[true.id]  # in the photos' (full-size) pixels
+        out["angles"] = lens_angular_error_deg(true, cam.model, cam.params, n=TRAIN_SIZE)
     out.update(_region_scores(trainer, regions), train_psnr=row["train_psnr"], splats=trainer.gaussian_count(),
                centre_share=float(regions["centre"].sum() / regions["all"].sum()))
     return run, out, time.perf_counter() - t0
@@ -313,9 +321,10 @@ def _training(report: Report) -> None:
         fisheye, undistorted = _training_scenes(key, true)
         cam = read_bundle(undistorted).cameras[true.id]
         crops.append(f"{key}: {description}, undistorted to PINHOLE {cam.width}x{cam.height} f = {cam.params[0]:.1f} "
-                     f"px ({2 * math.degrees(math.atan(cam.width / 2 / cam.params[0])):.0f} deg across)")
+                     f"px ({2 * math.degrees(math.atan(cam.width / 2 / cam.params[0])):.0f} deg across; trained "
+                     f"at 1/{PHOTO_SCALE})")
         guess = perturb(read_bundle(fisheye), focal=FOCAL_ERROR, model="OPENCV_FISHEYE").cameras[true.id]
-        err = lens_angular_error_deg(true, guess.model, guess.params, n=true.width)
+        err = lens_angular_error_deg(true, guess.model, guess.params, n=TRAIN_SIZE)
         lines[key] = [f"| {key} | the guess (start) | {np.median(err):.3f} / {np.percentile(err, 99):.3f} / "
                       f"{err.max():.3f} | | | | | |"]
         jobs += [(key, (run, fisheye, undistorted, true, _training_config(run))) for run in TRAIN_RUNS]
@@ -339,19 +348,23 @@ def _training(report: Report) -> None:
                               + f" | {out['train_psnr']:.2f} | "
                               + (f"{ba['tracks']} / {ba['rms_before_px']:.2f} -> {ba['rms_after_px']:.2f}" if ba
                                  else "-") + " |")
+    photo = PHOTO_SCALE * TRAIN_SIZE
     refine = _training_config("true").densify
     refine_steps = [k for k in range(refine.start + 1, min(refine.stop, TRAIN_ITERATIONS // 2))
                     if k % refine.every == 0]  # the trainer stops refining at half the run
     report.notes += [
-        f"Training on generated fisheye rooms ({TRAIN_VIEWS} views, {TRAIN_SIZE}x{TRAIN_SIZE}, every "
+        f"Training on generated fisheye rooms ({TRAIN_VIEWS} views; photos {photo}x{photo} trained at "
+        f"{TRAIN_SIZE}x{TRAIN_SIZE} (`downscale={PHOTO_SCALE}`), SIFT feature tracks from the full-size photos; every "
         f"{TRAIN_TEST_EVERY}th view held out; {TRAIN_ITERATIONS} steps, SH degree 1, densifying at steps "
         f"{', '.join(map(str, refine_steps)) or 'none'}, cubemap rendering for the fisheye runs, true starting poses, "
         f"calibrating focal, pp, distortion and poses with feature tracks when found). Lenses: {'; '.join(crops)}. "
         f"The guess is equidistant OPENCV_FISHEYE with focal +{100 * (FOCAL_ERROR - 1):.0f} %. Lens error: angle "
-        f"between the trained and true lens's rays at every pixel, after the best common rotation, degrees (median / "
+        f"between the trained and true lens's rays (full size) at the centre of every training pixel "
+        f"({TRAIN_SIZE}x{TRAIN_SIZE}), after the best common rotation, degrees (median / "
         f"99th percentile / max; inf: no ray; the reference's LENS_FIELD is the network the trainer fits to the true "
-        f"grid). PSNR / SSIM on the held-out fisheye photos after test-pose refinement, over the whole image, the "
-        f"centre the perspective crop holds and the periphery outside it (the undistort run's splats rendered "
+        f"grid). PSNR / SSIM on the held-out fisheye photos at the training size after test-pose refinement, over "
+        f"the whole image, the centre the perspective crop holds and the periphery outside it (the undistort run's "
+        f"splats rendered "
         f"through the true fisheye lens). Issue targets: median < 0.05 deg, 99th percentile < 0.2 deg, held-out PSNR "
         f"within 0.5 dB of the reference.", "",
         "| lens | run | lens error deg median / p99 / max | held-out PSNR / SSIM all | centre | periphery | "

@@ -345,8 +345,8 @@ def find_tracks(scene: Scene, photos: list[np.ndarray] | None = None, *, max_fea
     import cv2
     import pycolmap
 
-    from .reconstruct.colmap_backend import (ColmapOptions, _cancellable, _check_features, _colmap_name,
-                                             _extract, _threads)
+    from .reconstruct.colmap_backend import (ColmapOptions, cancellable, colmap_image_name, extract_features,
+                                             thread_count)
     from .reconstruct.images import Photo
 
     progress = progress or Progress("none")
@@ -368,20 +368,19 @@ def find_tracks(scene: Scene, photos: list[np.ndarray] | None = None, *, max_fea
             size = (round(w * factor), round(h * factor))
             entry = Photo(image.name, image_dir / f"{k:06d}.png", size[0], size[1], f"camera {image.camera_id}")
             big = photo if size == (w, h) else cv2.resize(photo, size, interpolation=cv2.INTER_CUBIC)
-            cv2.imwrite(str(image_dir / _colmap_name(k, entry)),
+            cv2.imwrite(str(image_dir / colmap_image_name(k, entry)),
                         cv2.cvtColor(big, cv2.COLOR_RGB2BGR) if big.ndim == 3 else big)
             entries.append(entry)
             scales.append((w / size[0], h / size[1]))
         options = ColmapOptions(max_image_size=max(64, *(max(e.width, e.height) for e in entries)),
                                 max_features=max_features, peak_threshold=peak_threshold, threads=threads, seed=seed)
-        _extract(entries, image_dir, database, options, progress)
-        _check_features(entries, database, progress)
+        extract_features(entries, image_dir, database, options, progress)
         progress.stage("match features", None)
         matching = pycolmap.FeatureMatchingOptions()
-        matching.num_threads = _threads(options)
+        matching.num_threads = thread_count(options)
         verification = pycolmap.TwoViewGeometryOptions()
         verification.ransac.random_seed = seed
-        _cancellable(pycolmap.match_exhaustive, database_path=database, matching_options=matching,
+        cancellable(pycolmap.match_exhaustive, database_path=database, matching_options=matching,
                      verification_options=verification, device=pycolmap.Device.cpu)
         node_image, node_pixels, matches = _read_matches(database, entries, scales)
     progress.stage("link tracks", None)
@@ -396,13 +395,13 @@ def _read_matches(database: Path, entries: list, scales: list[tuple[float, float
     Keypoints at one position (SIFT's second orientation) become one feature."""
     import pycolmap
 
-    from .reconstruct.colmap_backend import _colmap_name
+    from .reconstruct.colmap_backend import colmap_image_name
 
     db = pycolmap.Database.open(database)
     try:
         node_image, node_pixels, node_of, offset, index = [], [], [], 0, {}
         for k, entry in enumerate(entries):
-            record = db.read_image_with_name(_colmap_name(k, entry))
+            record = db.read_image_with_name(colmap_image_name(k, entry))
             index[record.image_id] = k
             xy = db.read_keypoints(record.image_id)[:, :2].astype(np.float64) if db.exists_keypoints(
                 record.image_id) else np.zeros((0, 2))

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import bpy
-from bpy.props import EnumProperty, IntProperty, StringProperty
+from bpy.props import EnumProperty, FloatProperty, IntProperty, StringProperty
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
 from ..bridge import camera as camera_bridge
@@ -145,6 +145,11 @@ class UNPOSED_OT_train_splats(BrowseThenRunOperator, bpy.types.Operator):
     downscale: IntProperty(name="Downscale", default=0, min=0, max=64,
                            description="Train on photos this many times smaller (0: automatic, photos wider than "
                                        "1600 px shrink to 1600 or less); cameras come back at full size")
+    intrinsics_after_tracks: FloatProperty(
+        name="Intrinsics After Tracks", default=0.0, min=0.0, max=1.0,
+        description="When feature tracks calibrate the cameras first, how fast the photos may still refine focal, "
+                    "principal point and distortion (0: keep the tracks' intrinsics, refine poses only; 1: full "
+                    "rate)")
     out_path: StringProperty(name="Output Bundle", subtype='DIR_PATH',
                              description="Folder for the trained bundle (default: update the input bundle)")
     display_limit: IntProperty(name="Display Limit", default=splats_bridge.DISPLAY_LIMIT, min=1,
@@ -176,7 +181,7 @@ class UNPOSED_OT_train_splats(BrowseThenRunOperator, bpy.types.Operator):
         calibrate = ",".join(key.lower() for key, *_ in _CALIBRATE if key in self.calibrate) or "none"
         return ["train", str(self._bundle), "--iters", str(self.iterations), "--calibrate", calibrate,
                 "--lens", self.lens.lower(), "--test-every", str(self.hold_out), "--downscale", str(self.downscale),
-                "--out", str(self._out)]
+                "--intrinsics-after-tracks", repr(self.intrinsics_after_tracks), "--out", str(self._out)]
 
     def job_finished(self, context: bpy.types.Context, result: dict[str, Any]) -> set[str]:
         try:

@@ -521,7 +521,8 @@ def test_train_splats_updates_cameras_in_place(addon, empty_scene, ops, tmp_path
     out = tmp_path / "trained"
     for run in range(2):
         assert bpy.ops.unposed.train_splats(filepath=str(bundle), iterations=3, lens="OPENCV", hold_out=0,
-                                            downscale=run + 1, out_path=str(out)) == {"FINISHED"}
+                                            downscale=run + 1, intrinsics_after_tracks=0.5 * run,
+                                            out_path=str(out)) == {"FINISHED"}
         trained = read_bundle(out)
         assert [(c.width, c.height) for c in trained.cameras.values()] == [(32, 24)]
         assert {o.name: o.session_uid for o in collection.objects if o.type == "CAMERA"} == cameras

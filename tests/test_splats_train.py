@@ -75,15 +75,25 @@ def room_128(tmp_path_factory, addon):
 
 def test_tracks_calibrate_focal_and_poses(room_128, one_thread):
     """Real SIFT tracks on a 128x96 room: the bundle adjustment before training fits them (reprojection RMS at least
-    halved) and moves focal and rotations towards the truth; see bench_splats for what full runs reach."""
-    from engine.splats.train import train
+    halved) and moves focal and rotations towards the truth; once it fits, the intrinsics learn at
+    lr_intrinsics_after_tracks of their rates (poses at theirs); see bench_splats for what full runs reach."""
+    from engine.splats.train import Trainer
 
     truth = read_bundle(room_128)
     start = perturb(truth, focal=1.08, rotation_deg=1.5)
-    result = train(start, small_config(iterations=60, calibrate=("focal", "pose"), tracks="on", test_every=6,
-                                       calib_start=10, calib_ramp=10))
-    ba = result.metrics["track_bundle_adjustment"]
-    focal_err, rot_err = camera_errors(result, truth)
+    config = small_config(iterations=60, calibrate=("focal", "pose"), tracks="on", test_every=6, calib_start=10,
+                          calib_ramp=10, lr_intrinsics_after_tracks=0.25)
+    trainer = Trainer(start, config)
+    full_rates = trainer._schedules()
+    ba = trainer.calibrate_from_tracks()
+    assert trainer.tracks_trusted() and trainer.state()["track_report"] == ba  # checkpoints keep what it decided
+    rates = trainer._schedules()
+    assert rates["focal"](40) == pytest.approx(0.25 * full_rates["focal"](40)) and rates["focal"](40) > 0
+    assert rates["pose"](40) == full_rates["pose"](40)
+    while trainer.step < config.iterations:
+        trainer.train_step()
+    trainer.evaluate()
+    focal_err, rot_err = camera_errors(trainer.result(), truth)
     print(f"focal error {100 * focal_err:.3f} %, mean rotation error {rot_err:.3f} deg; tracks {ba}")
     assert ba["tracks"] > 100 and ba["rms_after_px"] < ba["rms_before_px"] / 2  # SIFT threads vary the tracks
     assert focal_err < 0.075 and rot_err < 1.0  # from 8 % and 1.5 deg
@@ -154,6 +164,10 @@ def test_bad_input_gives_clear_errors(room, tmp_path):
     empty.images = []
     with pytest.raises(BundleError, match="no images"):
         Trainer(empty, TrainConfig(iterations=1))
+    with pytest.raises(EngineError, match="intrinsics after tracks must be 0 or more, got -0.5"):
+        Trainer(scene, TrainConfig(iterations=1, lr_intrinsics_after_tracks=-0.5))
+    proc = run_engine("train", room, "--iters", 1, "--intrinsics-after-tracks", "-1")
+    assert proc.returncode == 2 and "must be 0 or more, got -1.0" in events(proc.stdout)[-1]["message"]
     # a photo missing on disk: the command names the image file
     broken = tmp_path / "broken"
     shutil.copytree(room, broken)

@@ -65,6 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracks", choices=("auto", "on", "off"), default="auto",
                         help="feature tracks constraining calibration: a bundle adjustment before training and a "
                              "fading reprojection loss during it (auto: when calibrating and tracks are found)")
+    parser.add_argument("--intrinsics-after-tracks", type=float, default=0.0, metavar="FACTOR",
+                        help="factor on the focal, principal point and distortion learning rates after a track "
+                             "bundle adjustment that fits (default 0: keep the adjustment's intrinsics, refine "
+                             "poses only; 1: refine them photometrically at full rate)")
     parser.add_argument("--track-gaussians", action=argparse.BooleanOptionalAction, default=True,
                         help="with tracks, one small splat on each track point, kept small by a scale loss "
                              "(default on)")
@@ -115,6 +119,7 @@ def config_from_args(args: argparse.Namespace):
                        background=args.background, downscale=args.downscale, seed=args.seed,
                        checkpoint_every=args.checkpoint_every, tracks=args.tracks,
                        track_gaussians=args.track_gaussians, cubemap=args.cubemap,
+                       lr_intrinsics_after_tracks=args.intrinsics_after_tracks,
                        calib_start=args.iters // 10, calib_ramp=max(1, args.iters // 20),
                        densify=DensifyConfig(max_gaussians=args.max_gaussians))
 

@@ -70,13 +70,14 @@ class ColmapResult:
     verified_pairs: int
 
 
-def _threads(options: ColmapOptions) -> int:
+def thread_count(options: ColmapOptions) -> int:
+    """The threads COLMAP runs with: `options.threads`, or every CPU this process may use."""
     if options.threads > 0:
         return options.threads
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _cancellable(fn: Callable[..., Any], **kwargs: Any) -> Any:
+def cancellable(fn: Callable[..., Any], **kwargs: Any) -> Any:
     """fn(**kwargs, cancellation_token=...) on a worker thread; Ctrl+C cancels it and raises CancelledError.
 
     Waits on an Event, not Thread.join: a join interrupted by Ctrl+C marks the thread finished while it still
@@ -117,7 +118,7 @@ def _link(src: Path, dst: Path) -> None:
         link_or_copy(src, dst)
 
 
-def _colmap_name(k: int, photo: Photo) -> str:
+def colmap_image_name(k: int, photo: Photo) -> str:
     """The name photo k has inside COLMAP: its index (COLMAP's pair lists cannot hold names with spaces)."""
     return f"{k:06d}{photo.file.suffix.lower()}"
 
@@ -130,12 +131,21 @@ def _camera_groups(photos: Sequence[Photo]) -> list[list[int]]:
     return list(groups.values())
 
 
+def extract_features(photos: Sequence[Photo], image_dir: Path, database: Path, options: ColmapOptions,
+                     progress: Progress) -> None:
+    """SIFT features of `photos` (files `colmap_image_name` in `image_dir`) into `database`: one COLMAP camera
+    per group of photos (`_camera_groups`). Raises ColmapError naming photos COLMAP cannot read; warns of photos
+    without features."""
+    _extract(photos, image_dir, database, options, progress)
+    _check_features(photos, database, progress)
+
+
 def _extract(photos: Sequence[Photo], image_dir: Path, database: Path, options: ColmapOptions,
              progress: Progress) -> None:
     import pycolmap
 
     extraction = pycolmap.FeatureExtractionOptions()
-    extraction.num_threads = _threads(options)
+    extraction.num_threads = thread_count(options)
     extraction.max_image_size = options.max_image_size
     extraction.sift.max_num_features = options.max_features
     extraction.sift.peak_threshold = options.peak_threshold
@@ -153,13 +163,13 @@ def _extract(photos: Sequence[Photo], image_dir: Path, database: Path, options: 
         size = max(EXTRACT_CHUNK, 2 * extraction.num_threads)
         for start in range(0, len(members), size):
             chunk = members[start:start + size]
-            _cancellable(pycolmap.extract_features, database_path=database, image_path=image_dir,
-                         image_names=[_colmap_name(k, photos[k]) for k in chunk],
+            cancellable(pycolmap.extract_features, database_path=database, image_path=image_dir,
+                         image_names=[colmap_image_name(k, photos[k]) for k in chunk],
                          camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
                          extraction_options=extraction, device=pycolmap.Device.cpu)
             if start == 0:  # the chunk made this group's camera: the next chunks reuse it
                 db = pycolmap.Database.open(database)
-                image = db.read_image_with_name(_colmap_name(members[0], first))
+                image = db.read_image_with_name(colmap_image_name(members[0], first))
                 db.close()
                 if image is None:
                     raise ColmapError(f"{first.file}: COLMAP could not read this photo")
@@ -174,7 +184,7 @@ def _check_features(photos: Sequence[Photo], database: Path, progress: Progress)
     try:
         unread, featureless = [], []
         for k, photo in enumerate(photos):
-            image = db.read_image_with_name(_colmap_name(k, photo))
+            image = db.read_image_with_name(colmap_image_name(k, photo))
             if image is None:
                 unread.append(str(photo.file))
             elif db.num_keypoints_for_image(image.image_id) == 0:
@@ -194,16 +204,16 @@ def _match(photos: Sequence[Photo], pairs: Sequence[tuple[int, int]], work: Path
     import pycolmap
 
     matching = pycolmap.FeatureMatchingOptions()
-    matching.num_threads = _threads(options)
+    matching.num_threads = thread_count(options)
     pairing = pycolmap.ImportedPairingOptions()
     pair_list = work / "pairs.txt"
     pairing.match_list_path = str(pair_list)
     progress.stage("match features", len(pairs))
     for start in range(0, len(pairs), MATCH_CHUNK):
         chunk = pairs[start:start + MATCH_CHUNK]
-        pair_list.write_text("".join(f"{_colmap_name(i, photos[i])} {_colmap_name(j, photos[j])}\n"
+        pair_list.write_text("".join(f"{colmap_image_name(i, photos[i])} {colmap_image_name(j, photos[j])}\n"
                                      for i, j in chunk), encoding="utf-8")
-        _cancellable(pycolmap.match_image_pairs, database_path=database, matching_options=matching,
+        cancellable(pycolmap.match_image_pairs, database_path=database, matching_options=matching,
                      pairing_options=pairing, device=pycolmap.Device.cpu)
         progress.advance(len(chunk))
     db = pycolmap.Database.open(database)
@@ -219,7 +229,7 @@ def _map(photos: Sequence[Photo], image_dir: Path, database: Path, sparse: Path,
 
     mapping = pycolmap.IncrementalPipelineOptions()
     mapping.min_model_size = 2  # keep every sub-model: a failure reports how many photos registered
-    mapping.num_threads = _threads(options)
+    mapping.num_threads = thread_count(options)
     mapping.random_seed = options.seed
     mapping.mapper.init_min_num_inliers = options.init_min_inliers
     mapping.mapper.init_min_tri_angle = options.init_min_tri_angle
@@ -236,7 +246,7 @@ def _map(photos: Sequence[Photo], image_dir: Path, database: Path, sparse: Path,
             progress.advance(step)
 
     sparse.mkdir(parents=True, exist_ok=True)
-    return _cancellable(pycolmap.incremental_mapping, database_path=database, image_path=image_dir,
+    return cancellable(pycolmap.incremental_mapping, database_path=database, image_path=image_dir,
                         output_path=sparse, options=mapping,
                         initial_image_pair_callback=lambda: registered(2), next_image_callback=lambda: registered(1))
 
@@ -256,10 +266,9 @@ def reconstruct(photos: Sequence[Photo], pairs: Sequence[tuple[int, int]], work:
     image_dir, database, sparse = work / "images", work / DATABASE, work / "sparse"
     image_dir.mkdir(parents=True, exist_ok=True)
     for k, photo in enumerate(photos):
-        _link(photo.file.absolute(), image_dir / _colmap_name(k, photo))
+        _link(photo.file.absolute(), image_dir / colmap_image_name(k, photo))
 
-    _extract(photos, image_dir, database, options, progress)
-    _check_features(photos, database, progress)
+    extract_features(photos, image_dir, database, options, progress)
     verified = _match(photos, pairs, work, database, options, progress)
     models = _map(photos, image_dir, database, sparse, options, progress) or {}
 
@@ -272,7 +281,7 @@ def reconstruct(photos: Sequence[Photo], pairs: Sequence[tuple[int, int]], work:
     if best is not None:
         rec = models[best]
         reg_names = {rec.images[i].name for i in rec.reg_image_ids()}
-    left_out = [p.name for k, p in enumerate(photos) if _colmap_name(k, p) not in reg_names]
+    left_out = [p.name for k, p in enumerate(photos) if colmap_image_name(k, p) not in reg_names]
     groups = f" in {len(sizes)} separate groups of {', '.join(str(s) for s, _ in sizes)}" if len(sizes) > 1 else ""
     if registered < needed:
         why = ("the photos may not overlap enough, or have too little texture to match "
@@ -285,7 +294,7 @@ def reconstruct(photos: Sequence[Photo], pairs: Sequence[tuple[int, int]], work:
                      "warning")
 
     scene = colmap_io.read_model(sparse / str(best))  # unposed images are dropped; named as inside COLMAP
-    index = {_colmap_name(k, p): k for k, p in enumerate(photos)}
+    index = {colmap_image_name(k, p): k for k, p in enumerate(photos)}
     scene.images.sort(key=lambda image: index[image.name])  # input order (COLMAP numbers them as it reads them)
     for image in scene.images:
         photo = photos[index[image.name]]

@@ -43,8 +43,10 @@ from .sh import C0, num_coefficients, sh_colors
 from .track_gaussians import TrackGaussians
 from .track_loss import TrackLoss, bundle_adjust
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 TRACK_SCALE_PX = 1.0  # Cauchy scale of the track loss, in the photos' full-size pixels (SIFT: a few tenths of a px)
+TRACK_TRUST_PX = 2.0  # a track bundle adjustment ending within this RMS (full-size px) is trusted: see
+# TrainConfig.lr_intrinsics_after_tracks
 MIN_TRACK_OBSERVATIONS = 10  # per training view on average, or tracks are not used (too weak to constrain)
 PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
 
@@ -104,6 +106,13 @@ class TrainConfig:
     track_fade: int = 0  # 0: the whole run
     track_final: float = 0.1
     lr_tracks: float = 1e-3  # track points, in units of the scene scale
+    # factor on the focal, pp and distortion learning rates once the track bundle adjustment has fitted (RMS within
+    # TRACK_TRUST_PX); poses keep their rates. 0: the adjustment's intrinsics are kept. Tracks measured on the
+    # full-size photos pin the intrinsics better than photometric gradients at the training size, which are biased
+    # while the splats are poor: started AT the true lens, they move a 180 deg fisheye 1 deg within 100 steps of the
+    # calibration start (0.15 deg when calibration starts at half the run); bench_splats: full rates take focal from
+    # the adjustment's 0.3 % error to 0.9 %; bench_lens: 0.1x triples the lens error the adjustment left
+    lr_intrinsics_after_tracks: float = 0.0
     # track Gaussians (`track_gaussians`, only with tracks): one splat per track centred on its point, never
     # densified or pruned, kept within SCALE_BOUND_PX (2) pixel footprints by a scale loss weighted scale_weight per
     # pixel of excess, fading like the track loss (0: no scale loss)
@@ -302,6 +311,9 @@ class Trainer:
         full_scene, full_photos = scene, load_photos(scene) if photos is None else photos
         if config.tracks not in ("auto", "on", "off"):
             raise EngineError(f"tracks must be auto, on or off, got {config.tracks!r}")
+        if not config.lr_intrinsics_after_tracks >= 0:
+            raise EngineError(f"the learning-rate factor for intrinsics after tracks must be 0 or more, got "
+                              f"{config.lr_intrinsics_after_tracks}")
         self.full_scene, self.downscale = full_scene, training_downscale(full_scene, config.downscale)
         self.scene, photos = downscale_scene(full_scene, full_photos, self.downscale)
         scene = self.scene
@@ -457,10 +469,16 @@ class Trainer:
                  (("scales", c.lr_scales), ("quats", c.lr_quats), ("opacities", c.lr_opacities),
                   ("sh0", c.lr_sh0), ("shN", c.lr_shN))}
         gauss["means"] = Schedule(c.lr_means * self.rig.scene_scale, 0, 0, end, 0.01)
-        for what, lr in (("focal", c.lr_focal), ("pp", c.lr_pp), ("distortion", c.lr_distortion),
-                         ("pose", c.lr_pose)):
+        damp = c.lr_intrinsics_after_tracks if self.tracks_trusted() else 1.0
+        for what, lr in (("focal", c.lr_focal * damp), ("pp", c.lr_pp * damp),
+                         ("distortion", c.lr_distortion * damp), ("pose", c.lr_pose)):
             gauss[what] = Schedule(lr, c.calib_start, c.calib_ramp, end, c.calib_final)
         return gauss
+
+    def tracks_trusted(self) -> bool:
+        """Whether the track bundle adjustment ran and fits its tracks within TRACK_TRUST_PX RMS."""
+        rms = self.track_report.get("rms_after_px", math.inf)  # training pixels
+        return rms * self.downscale <= TRACK_TRUST_PX
 
     # -- rendering ------------------------------------------------------------------------------------------------
     def render(self, image: int, xi: torch.Tensor | None = None, sh_degree: int | None = None) -> Rendered:
@@ -680,6 +698,7 @@ class Trainer:
                 "tracks": None if self.tracks is None else {
                     "observations": self.tracks.observation_state(), "optimizer": self.track_optimizer.state_dict(),
                     "gaussians": None if self.track_gaussians is None else self.track_gaussians.state_dict()},
+                "track_report": self.track_report,
                 "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                 "curves": self.curves, "last_eval": self.last_eval}
 
@@ -734,6 +753,7 @@ class Trainer:
         self.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
         self.curves, self.last_eval = state["curves"], state["last_eval"]
+        self.track_report = state["track_report"]  # what the learning rates after it depend on
 
     # -- results --------------------------------------------------------------------------------------------------
     def splats(self) -> Splats:
