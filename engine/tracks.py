@@ -381,7 +381,7 @@ def find_tracks(scene: Scene, photos: list[np.ndarray] | None = None, *, max_fea
         verification = pycolmap.TwoViewGeometryOptions()
         verification.ransac.random_seed = seed
         cancellable(pycolmap.match_exhaustive, database_path=database, matching_options=matching,
-                     verification_options=verification, device=pycolmap.Device.cpu)
+                    verification_options=verification, device=pycolmap.Device.cpu)
         node_image, node_pixels, matches = _read_matches(database, entries, scales)
     progress.stage("link tracks", None)
     linked = tracks_from_matches(node_image, node_pixels, matches, min_views)

@@ -164,9 +164,9 @@ def _extract(photos: Sequence[Photo], image_dir: Path, database: Path, options: 
         for start in range(0, len(members), size):
             chunk = members[start:start + size]
             cancellable(pycolmap.extract_features, database_path=database, image_path=image_dir,
-                         image_names=[colmap_image_name(k, photos[k]) for k in chunk],
-                         camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
-                         extraction_options=extraction, device=pycolmap.Device.cpu)
+                        image_names=[colmap_image_name(k, photos[k]) for k in chunk],
+                        camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
+                        extraction_options=extraction, device=pycolmap.Device.cpu)
             if start == 0:  # the chunk made this group's camera: the next chunks reuse it
                 db = pycolmap.Database.open(database)
                 image = db.read_image_with_name(colmap_image_name(members[0], first))
@@ -214,7 +214,7 @@ def _match(photos: Sequence[Photo], pairs: Sequence[tuple[int, int]], work: Path
         pair_list.write_text("".join(f"{colmap_image_name(i, photos[i])} {colmap_image_name(j, photos[j])}\n"
                                      for i, j in chunk), encoding="utf-8")
         cancellable(pycolmap.match_image_pairs, database_path=database, matching_options=matching,
-                     pairing_options=pairing, device=pycolmap.Device.cpu)
+                    pairing_options=pairing, device=pycolmap.Device.cpu)
         progress.advance(len(chunk))
     db = pycolmap.Database.open(database)
     try:
@@ -247,8 +247,8 @@ def _map(photos: Sequence[Photo], image_dir: Path, database: Path, sparse: Path,
 
     sparse.mkdir(parents=True, exist_ok=True)
     return cancellable(pycolmap.incremental_mapping, database_path=database, image_path=image_dir,
-                        output_path=sparse, options=mapping,
-                        initial_image_pair_callback=lambda: registered(2), next_image_callback=lambda: registered(1))
+                       output_path=sparse, options=mapping,
+                       initial_image_pair_callback=lambda: registered(2), next_image_callback=lambda: registered(1))
 
 
 def reconstruct(photos: Sequence[Photo], pairs: Sequence[tuple[int, int]], work: Path,
