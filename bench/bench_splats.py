@@ -201,7 +201,8 @@ def _accuracy(report: Report) -> None:
             ba = m.get("track_bundle_adjustment", {})
             lines.append(f"| {name} | {err['focal_pct']:.2f} | {err['pp_px']:.2f} | {err['rot_mean']:.3f} / "
                          f"{err['rot_max']:.3f} | {err['rot_aligned_mean']:.3f} / {err['rot_aligned_max']:.3f} | "
-                         f"{err['intrinsics_rms_px']:.2f} / {err['intrinsics_rms_px'] / PHOTO_DOWNSCALE:.2f} | {m.get('test_psnr', float('nan')):.2f} / "
+                         f"{err['intrinsics_rms_px']:.2f} / {err['intrinsics_rms_px'] / PHOTO_DOWNSCALE:.2f} | "
+                         f"{m.get('test_psnr', float('nan')):.2f} / "
                          f"{m.get('test_ssim', float('nan')):.3f} | {m.get('train_psnr', float('nan')):.2f} | "
                          + (f"{ba['tracks']} / {ba['rms_before_px']:.2f} -> {ba['rms_after_px']:.2f} |" if ba
                             else "- |"))
@@ -218,7 +219,8 @@ def _accuracy(report: Report) -> None:
         f"intrinsics, distortion, orientations and track points before "
         f"training, then a fading reprojection loss (engine.splats.track_loss); after the adjustment the intrinsics "
         f"learn at lr_intrinsics_after_tracks of their rates (default 0: the adjustment's are kept). Issue "
-        f"targets: focal < 0.5 %, rotation < 0.1 deg, distortion RMS < 0.3 px, held-out PSNR within 0.5 dB of the true-camera run.", "",
+        f"targets: focal < 0.5 %, rotation < 0.1 deg, distortion RMS < 0.3 px, held-out PSNR within 0.5 dB of the "
+        f"true-camera run.", "",
         "| run | focal err % | pp err px | rot err deg mean / max | gauge-aligned rot err mean / max | "
         "intrinsic map RMS, photo / training px | held-out PSNR / SSIM | train PSNR | tracks / BA RMS, training px |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|", *lines]
