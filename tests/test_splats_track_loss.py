@@ -14,7 +14,7 @@ from engine.errors import EngineError
 from engine.pose import rotation_angle_deg
 from engine.projection import project
 from engine.splats.cameras import CameraRig, se3_exp
-from engine.splats.track_loss import TrackLoss, bundle_adjust
+from engine.splats.track_loss import TrackLoss, bundle_adjust, register_images
 
 TRUE = Camera(1, "RADIAL", 256, 192, [220.0, 130.0, 94.0, -0.06, 0.01])
 
@@ -115,6 +115,33 @@ def test_held_out_images_and_lonely_observations_are_dropped():
     assert residuals.shape == (loss.observations, 2) and bool(valid.all())
     with pytest.raises(EngineError, match="3 or more training images"):
         TrackLoss(tracks, [4, 5], dtype=torch.float64)
+
+
+def test_held_out_views_register_on_the_adjusted_points():
+    """Two views kept out of the adjustment get their rotations from its points; nothing else moves."""
+    _, poses, tracks = synthetic_scene(noise_px=0.0)
+    held_out, rng = [3, 7], np.random.default_rng(2)
+    wrong = []
+    for pose in poses:
+        axis = rng.normal(size=3)
+        wrong.append(se3_exp(torch.tensor(np.r_[axis * math.radians(2.0) / np.linalg.norm(axis), 0, 0, 0])).numpy()
+                     @ pose)
+    rig = CameraRig([TRUE], [0] * len(poses), np.stack(wrong), scene_scale=4.0, dtype=torch.float64)
+    loss = TrackLoss(tracks, [i for i in range(len(poses)) if i not in held_out], dtype=torch.float64)
+    bundle_adjust(rig, loss, ("pose",), iterations=50)
+    trained = rig.pose.detach().clone()
+    assert register_images(rig, loss, tracks, held_out, min_observations=10 ** 6) == {"images": 0,
+                                                                                       "observations": 0}
+    assert torch.equal(rig.pose, trained)  # too few observations: poses kept
+    report = register_images(rig, loss, tracks, held_out)
+    assert report["images"] == 2 and report["rms_before_px"] > 3 and report["rms_after_px"] < 1e-3
+    est = rig.export_poses()
+    errors = [rotation_angle_deg(est[i][:3, :3], poses[i][:3, :3]) for i in range(len(poses))]
+    assert max(errors) < 1e-3, errors  # the adjustment's rotations, then the registered views'
+    others = [i for i in range(len(poses)) if i not in held_out]
+    # (central differences perturb every pose at once and restore them to round-off)
+    assert torch.allclose(rig.pose[others], trained[others], rtol=0, atol=1e-12)
+    assert torch.allclose(rig.pose[held_out, 3:], trained[held_out, 3:], rtol=0, atol=1e-12)
 
 
 def test_loss_gradient_reaches_every_calibrated_quantity():

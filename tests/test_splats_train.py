@@ -75,8 +75,9 @@ def room_128(tmp_path_factory, addon):
 
 def test_tracks_calibrate_focal_and_poses(room_128, one_thread):
     """Real SIFT tracks on a 128x96 room: the bundle adjustment before training fits them (reprojection RMS at least
-    halved) and moves focal and rotations towards the truth; once it fits, the intrinsics learn at
-    lr_intrinsics_after_tracks of their rates (poses at theirs); see bench_splats for what full runs reach."""
+    halved) and moves focal and rotations towards the truth, and the held-out views are registered on its points;
+    once it fits, the intrinsics learn at lr_intrinsics_after_tracks of their rates (poses at theirs); see
+    bench_splats for what full runs reach."""
     from engine.splats.train import Trainer
 
     truth = read_bundle(room_128)
@@ -87,6 +88,16 @@ def test_tracks_calibrate_focal_and_poses(room_128, one_thread):
     full_rates = trainer._schedules()
     ba = trainer.calibrate_from_tracks()
     assert trainer.tracks_trusted() and trainer.state()["track_report"] == ba  # checkpoints keep what it decided
+    # held-out views are registered on the adjusted track points (their observations never enter the adjustment)
+    held = [rotation_angle_deg(trainer.rig.cam_from_world(i).detach().double().numpy()[:3, :3],
+                               truth.images[i].cam_from_world[:3, :3]) for i in trainer.test_ids]
+    trained = [rotation_angle_deg(trainer.rig.cam_from_world(i).detach().double().numpy()[:3, :3],
+                                  truth.images[i].cam_from_world[:3, :3]) for i in trainer.train_ids]
+    print(f"held-out rotation errors after registration {np.round(held, 3)} deg; training views "
+          f"{np.round(trained, 3)}; {ba['held_out']}")
+    assert ba["held_out"]["images"] == len(trainer.test_ids) == 3
+    assert ba["held_out"]["rms_after_px"] < ba["held_out"]["rms_before_px"] / 2
+    assert max(held) < 1.0 and np.mean(held) < np.mean(trained) + 0.25  # from 1.5 deg: as close as the trained views
     rates = trainer._schedules()
     assert rates["focal"](40) == pytest.approx(0.25 * full_rates["focal"](40)) and rates["focal"](40) > 0
     assert rates["pose"](40) == full_rates["pose"](40)

@@ -18,6 +18,7 @@ there, and the splats pin the frame during training; `bundle_adjust` keeps the c
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 import numpy as np
@@ -56,6 +57,7 @@ class TrackLoss(torch.nn.Module):
         remap[used] = np.arange(len(used))
         self.scale_px, self.min_views = float(scale_px), min_views
         self.xyz = torch.nn.Parameter(torch.tensor(xyz[used], dtype=dtype))
+        self.register_buffer("ids", torch.from_numpy(used))  # (T,) index of each point's track in `tracks`
         image = np.asarray(tracks.image, dtype=np.int64)[keep]
         self.register_buffer("track", torch.from_numpy(remap[track[keep]]))
         self.register_buffer("image", torch.from_numpy(image))
@@ -68,15 +70,15 @@ class TrackLoss(torch.nn.Module):
 
     def observation_state(self) -> dict[str, torch.Tensor]:
         """The observations and points (for checkpoints; `restore_observations` takes them back)."""
-        return {"xyz": self.xyz.detach().cpu(), "track": self.track.cpu(), "image": self.image.cpu(),
-                "pixels": self.pixels.cpu()}
+        return {"xyz": self.xyz.detach().cpu(), "ids": self.ids.cpu(), "track": self.track.cpu(),
+                "image": self.image.cpu(), "pixels": self.pixels.cpu()}
 
     @torch.no_grad()
     def restore_observations(self, state: dict[str, torch.Tensor]) -> None:
         """Take the observations and points of `observation_state` (of any size; the points keep their
         Parameter)."""
         self.xyz.data = state["xyz"].to(self.xyz)
-        for name in ("track", "image", "pixels"):
+        for name in ("ids", "track", "image", "pixels"):
             setattr(self, name, state[name].to(getattr(self, name)))
         self.images = np.unique(self.image.cpu().numpy())
 
@@ -99,7 +101,7 @@ class TrackLoss(torch.nn.Module):
                               f"cannot constrain these cameras")
         remap = torch.full((len(self.xyz),), -1, dtype=torch.long, device=self.track.device)
         remap[used] = torch.arange(len(used), device=self.track.device)
-        self.xyz.data = self.xyz.data[used]
+        self.xyz.data, self.ids = self.xyz.data[used], self.ids[used]
         self.track, self.image, self.pixels = remap[self.track[keep]], self.image[keep], self.pixels[keep]
         self.images = np.unique(self.image.cpu().numpy())
         return dropped
@@ -203,6 +205,40 @@ def bundle_adjust(rig: CameraRig, tracks: TrackLoss, calibrate: Sequence[str], i
             "tracks": len(tracks.xyz), "outliers_dropped": dropped}
 
 
+def register_images(rig: CameraRig, tracks: TrackLoss, observed: Any, images: Sequence[int],
+                    iterations: int = 100, min_observations: int = 8) -> dict:
+    """Fit the poses of `images` (views kept out of `tracks`, e.g. held-out ones) to the adjusted track points:
+    resection of each image's observations in `observed` (a `engine.tracks.Tracks` indexed like the tracks
+    `tracks` was built from; observations of tracks it dropped are ignored), Levenberg-Marquardt on the rotations
+    about the camera centres with the points and intrinsics fixed (`_schur_lm`, fixed_points), float64 for the
+    duration. Images with fewer than `min_observations` usable observations keep their poses. Returns the
+    registered images and the RMS reprojection error (px) of their observations before and after."""
+    point_of = torch.full((len(np.asarray(observed.xyz)),), -1, dtype=torch.long)
+    point_of[tracks.ids.cpu()] = torch.arange(len(tracks.ids))
+    index = point_of[torch.as_tensor(np.asarray(observed.track))].numpy()
+    obs_image = np.asarray(observed.image)
+    use = (index >= 0) & np.isin(obs_image, np.asarray(list(images), dtype=np.int64))
+    counts = np.bincount(obs_image[use], minlength=len(rig.poses0))
+    use &= counts[obs_image] >= min_observations
+    report = {"images": int((counts >= min_observations).sum()), "observations": int(use.sum())}
+    if not use.any():
+        return report
+    xyz = tracks.xyz.detach().double().cpu().numpy()[index[use]]
+    # one "track" per observation: every point is fixed, so none needs more than its own observation
+    held = TrackLoss(SimpleNamespace(xyz=xyz, track=np.arange(len(xyz)), image=obs_image[use],
+                                     pixels=np.asarray(observed.pixels)[use]), images, tracks.scale_px,
+                     torch.float64, min_views=1).to(tracks.xyz.device)
+    dtype = rig.base.dtype
+    rig.double()
+    try:
+        report["rms_before_px"] = held.rms(rig)
+        _schur_lm(rig, held, ["pose"], iterations, move_centres=False, fixed_points=True)
+        report["rms_after_px"] = held.rms(rig)
+    finally:
+        rig.to(dtype)
+    return report
+
+
 def _variable_projection(rig: CameraRig, tracks: TrackLoss, calibrate: Sequence[str], iterations: int,
                          move_centres: bool) -> None:
     """L-BFGS with strong-Wolfe line search on the calibrated quantities, the track points eliminated: each
@@ -243,7 +279,7 @@ def _variable_projection(rig: CameraRig, tracks: TrackLoss, calibrate: Sequence[
 
 
 def _schur_lm(rig: CameraRig, tracks: TrackLoss, calibrate: Sequence[str], iterations: int,
-              move_centres: bool) -> None:
+              move_centres: bool, fixed_points: bool = False) -> None:
     """Levenberg-Marquardt on the rig's parametric camera quantities and the track points together, the points
     eliminated from every step by the Schur complement (Triggs et al., Bundle Adjustment - A Modern Synthesis,
     sec. 6.1): the reduced camera system is small and dense, so a step costs little more than one Gauss-Newton
@@ -257,7 +293,8 @@ def _schur_lm(rig: CameraRig, tracks: TrackLoss, calibrate: Sequence[str], itera
     The Jacobian comes from central differences in float64 (errors ~1e-9 of the entries), computed by colouring:
     an observation depends on the shared intrinsics, its own image's pose and its own point, so perturbing one
     twist component of every pose at once (or one coordinate of every point) gives that column block in two
-    residual evaluations; each intrinsic scalar takes two more."""
+    residual evaluations; each intrinsic scalar takes two more. With `fixed_points` the points stay where they are
+    (resection: only the cameras move)."""
     scale = rig.scene_scale
     scalars = [(p, i) for name, p in (("focal", rig.log_focal), ("pp", rig.pp), ("distortion", rig.distortion))
                if name in calibrate for i in range(p.numel())]
@@ -324,8 +361,12 @@ def _schur_lm(rig: CameraRig, tracks: TrackLoss, calibrate: Sequence[str], itera
         y = cross @ v_inv
         schur = u - torch.einsum("tpa,tqa->pq", y, cross)
         rhs = -g_c + torch.einsum("tpa,ta->p", y, g_p)
+        if fixed_points:  # no point block to eliminate
+            schur, rhs = u, -g_c
         step_c = torch.zeros(n_cam, dtype=r.dtype, device=device)
         step_c[active] = torch.linalg.solve(schur[active][:, active], rhs[active])
+        if fixed_points:
+            return step_c, torch.zeros_like(g_p)
         step_p = (v_inv @ (-g_p - torch.einsum("tpa,p->ta", cross, step_c))[:, :, None])[..., 0]
         return step_c, step_p
 

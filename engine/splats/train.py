@@ -41,9 +41,9 @@ from .ply import Splats
 from .project import project_gaussians
 from .sh import C0, num_coefficients, sh_colors
 from .track_gaussians import TrackGaussians
-from .track_loss import TrackLoss, bundle_adjust
+from .track_loss import TrackLoss, bundle_adjust, register_images
 
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3
 TRACK_SCALE_PX = 1.0  # Cauchy scale of the track loss, in the photos' full-size pixels (SIFT: a few tenths of a px)
 TRACK_TRUST_PX = 2.0  # a track bundle adjustment ending within this RMS (full-size px) is trusted: see
 # TrainConfig.lr_intrinsics_after_tracks
@@ -344,7 +344,7 @@ class Trainer:
         self.rasterize = self._pick_rasterizer()
         self.set_splats(initial_splats(scene, self.rig, config, self.rng))
         self.camera_optimizer = self._camera_optimizer()
-        self.tracks = self._track_loss(full_photos)
+        self.tracks, self.found_tracks = self._track_loss(full_photos)
         self.track_optimizer = None if self.tracks is None else torch.optim.Adam([self.tracks.xyz], lr=0.0)
         self.track_gaussians = None if self.tracks is None or not config.track_gaussians else TrackGaussians(
             self.tracks, self.rig, self.targets, config.sh_degree, config.init_opacity)
@@ -412,11 +412,12 @@ class Trainer:
                 groups.append({"params": params, "lr": 0.0, "name": what})
         return GroupAdam(groups, lr=0.0) if groups else None
 
-    def _track_loss(self, photos: list[np.ndarray]) -> TrackLoss | None:
-        """Feature tracks of the full-size photos (`engine.tracks`; points triangulated with the bundle's cameras,
-        re-triangulated through the rig by `bundle_adjust`), their pixels scaled to the training size."""
+    def _track_loss(self, photos: list[np.ndarray]) -> tuple[TrackLoss | None, Any]:
+        """The loss over the feature tracks of the full-size photos in the training views (`engine.tracks`; points
+        triangulated with the bundle's cameras, re-triangulated through the rig by `bundle_adjust`), and those
+        tracks in every view (`Tracks`: held-out views are registered on them), pixels at the training size."""
         if self.config.tracks == "off" or self.camera_optimizer is None:  # tracks only serve calibration
-            return None
+            return None, None
         from ..tracks import find_tracks
 
         try:
@@ -426,7 +427,7 @@ class Trainer:
             if self.config.tracks == "on":
                 raise
             self.notes.append(f"no feature tracks ({exc}); calibrating from the photometric loss alone")
-            return None
+            return None, None
         try:
             loss = TrackLoss(tracks, self.train_ids, scale_px=TRACK_SCALE_PX / self.downscale).to(self.device)
             if loss.observations < MIN_TRACK_OBSERVATIONS * len(self.train_ids):
@@ -437,17 +438,22 @@ class Trainer:
             if self.config.tracks == "on":
                 raise
             self.notes.append(f"no feature tracks ({exc}); calibrating from the photometric loss alone")
-            return None
+            return None, None
         self.notes.append(f"{len(loss.xyz)} feature tracks with {loss.observations} observations in the training "
                           f"views constrain the cameras")
-        return loss
+        return loss, tracks
 
     def calibrate_from_tracks(self) -> dict[str, Any]:
-        """Bundle-adjust the calibrated camera quantities on the feature tracks (before the splats train)."""
+        """Bundle-adjust the calibrated camera quantities on the feature tracks (before the splats train), then
+        register the held-out views on the adjusted points (`register_images`: their rotations; the photometric
+        refinement before scoring them starts there, so a poor starting pose cannot trap it)."""
         if self.tracks is None or self.config.track_ba_iterations <= 0:
             return {}
         calibrate = [g["name"] for g in self.camera_optimizer.param_groups]
         self.track_report = bundle_adjust(self.rig, self.tracks, calibrate, self.config.track_ba_iterations)
+        if self.test_ids:
+            self.track_report["held_out"] = register_images(self.rig, self.tracks, self.found_tracks, self.test_ids,
+                                                            self.config.track_ba_iterations)
         if self.track_gaussians is not None:  # on the adjusted points, outliers dropped: one per remaining track
             self.track_gaussians = TrackGaussians(self.tracks, self.rig, self.targets, self.config.sh_degree,
                                                   self.config.init_opacity)
@@ -799,6 +805,10 @@ def train(scene: Scene, config: TrainConfig, progress: Progress | None = None, c
         if ba:
             progress.log(f"bundle adjustment on {ba['tracks']} feature tracks: reprojection RMS "
                          f"{ba['rms_before_px']:.2f} -> {ba['rms_after_px']:.2f} px")
+            held = ba.get("held_out", {})
+            if held.get("images"):
+                progress.log(f"{held['images']} held-out view(s) registered on {held['observations']} track "
+                             f"observations: RMS {held['rms_before_px']:.2f} -> {held['rms_after_px']:.2f} px")
     progress.log(f"{trainer.gaussian_count()} splats, {len(trainer.train_ids)} training and {len(trainer.test_ids)} "
                  f"held-out views, rasterizer {trainer.rasterize.__module__.rsplit('.', 1)[-1]}, "
                  f"calibrating {', '.join(config.calibrate) or 'nothing'}")
