@@ -8,8 +8,9 @@ and then stay in the loss with a fading weight (`track_loss`: photometric gradie
 splats are poor); each track also gets a small Gaussian centred on its point (`track_gaussians`), rendered with the
 splats and kept small by a scale loss on the same fading schedule. Lenses one perspective view cannot cover render
 through a cubemap (`cubemap`), and fisheye images are scored only where the lens sees. Every `test_every`-th image
-is held out; evaluation first refines each held-out view's pose against the frozen splats (so a view whose starting
-pose is off is not scored for that), then reports PSNR and SSIM. Checkpoints (atomic, `torch.save`) hold
+is held out: with tracks, its pose is registered on the adjusted track points once the adjustment is done, and
+evaluation first refines it against the frozen splats (so a view whose starting pose is off is not scored for
+that), then reports PSNR and SSIM. Checkpoints (atomic, `torch.save`) hold
 everything needed to resume; a non-finite loss stops training with `TrainingDiverged` before anything is
 overwritten, and a cancel (KeyboardInterrupt / CancelledError) saves a checkpoint of the (healthy) current state
 and re-raises.
