@@ -358,11 +358,12 @@ def _schur_lm(rig: CameraRig, tracks: TrackLoss, calibrate: Sequence[str], itera
         u = u + torch.diag(damping * torch.diagonal(u))
         v_inv = torch.linalg.inv(v + damping * torch.diag_embed(torch.diagonal(v, dim1=1, dim2=2))
                                  + 1e-12 * torch.eye(3, dtype=v.dtype, device=device))
-        y = cross @ v_inv
-        schur = u - torch.einsum("tpa,tqa->pq", y, cross)
-        rhs = -g_c + torch.einsum("tpa,ta->p", y, g_p)
-        if fixed_points:  # no point block to eliminate
+        if fixed_points:  # resection: no point block to eliminate
             schur, rhs = u, -g_c
+        else:
+            y = cross @ v_inv
+            schur = u - torch.einsum("tpa,tqa->pq", y, cross)
+            rhs = -g_c + torch.einsum("tpa,ta->p", y, g_p)
         step_c = torch.zeros(n_cam, dtype=r.dtype, device=device)
         step_c[active] = torch.linalg.solve(schur[active][:, active], rhs[active])
         if fixed_points:
