@@ -89,10 +89,9 @@ def test_tracks_calibrate_focal_and_poses(room_128, one_thread):
     ba = trainer.calibrate_from_tracks()
     assert trainer.tracks_trusted() and trainer.state()["track_report"] == ba  # checkpoints keep what it decided
     # held-out views are registered on the adjusted track points (their observations never enter the adjustment)
-    held = [rotation_angle_deg(trainer.rig.cam_from_world(i).detach().double().numpy()[:3, :3],
-                               truth.images[i].cam_from_world[:3, :3]) for i in trainer.test_ids]
-    trained = [rotation_angle_deg(trainer.rig.cam_from_world(i).detach().double().numpy()[:3, :3],
-                                  truth.images[i].cam_from_world[:3, :3]) for i in trainer.train_ids]
+    held, trained = ([rotation_angle_deg(trainer.rig.cam_from_world(i).detach().double().numpy()[:3, :3],
+                                         truth.images[i].cam_from_world[:3, :3]) for i in ids]
+                     for ids in (trainer.test_ids, trainer.train_ids))
     print(f"held-out rotation errors after registration {np.round(held, 3)} deg; training views "
           f"{np.round(trained, 3)}; {ba['held_out']}")
     assert ba["held_out"]["images"] == len(trainer.test_ids) == 3
