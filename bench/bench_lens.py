@@ -109,23 +109,23 @@ def lens_angular_error_deg(true, model: str, params, n: int = 24) -> np.ndarray:
     return err
 
 
-def calibrate_wide_lens(true, model: str, iterations: int = 300) -> np.ndarray:
-    """Bundle-adjust `model` (LENS_FIELD or a parametric fisheye) from the equidistant guess on `true`'s tracks;
-    the angular errors of the result (`lens_angular_error_deg`)."""
+def calibrate_wide_lens(true, model: str, iterations: int = 300, reach_deg: float = 95.0) -> np.ndarray:
+    """Bundle-adjust `model` (LENS_FIELD or a parametric fisheye) on `true`'s tracks from an equidistant guess
+    reaching `reach_deg` at the image's side; the angular errors of the result (`lens_angular_error_deg`)."""
     import torch
 
     from engine.bundle import Camera
-    from engine.lens_field import field_camera
+    from engine.lens_field import CALIBRATION_MARGIN, field_camera
     from engine.splats.cameras import CameraRig, convert_camera
     from engine.splats.track_loss import TrackLoss, bundle_adjust
 
     poses, tracks = wide_lens_tracks(true)
-    f = true.width / 2 / math.radians(95)
+    f = true.width / 2 / math.radians(reach_deg)
     guess = Camera(1, "OPENCV_FISHEYE", true.width, true.height,
                    [f, f, true.width / 2, true.height / 2, 0.0, 0.0, 0.0, 0.0])
     fields = {}
     if model == "LENS_FIELD":
-        start, fields[0], _ = field_camera(guess)
+        start, fields[0], _ = field_camera(guess, margin=CALIBRATION_MARGIN)
     else:
         start, _ = convert_camera(guess, model)
     rig = CameraRig([start], [0] * len(poses), poses, dtype=torch.float64, fields=fields)

@@ -56,6 +56,14 @@ DEFAULT_HIDDEN = 32
 DEFAULT_BLOCKS = 2
 FIT_STEPS = 300
 FIT_MARGIN = 1.05  # R = this x the largest |a| or |b| of the image's rays: the enlarged sensor
+# A field that will be calibrated must also reach rays its starting camera does not see: from a start focal 5 %
+# long (rays 5 % short), FIT_MARGIN left the true lens's outermost rays on the grid's border, where the adjusted
+# field lost or squeezed them (bench_lens's 180 deg room at 1536 px, tracks only: 0.8 % of the image without a
+# ray, p99 error 1.7 deg; with 1.12 none lost, p99 0.7 deg in the unobserved corners). 1.12 covers a start focal up
+# to 6.7 % long for 1.07x the cell size. A wider grid spends nodes on rays no image has: on the bench's synthetic
+# 190 deg lens, whose start is already 40 % too wide, 1.15 and 1.25 made the median error 10x and 4x worse (1.2
+# did not; the field's adjustment is sensitive to its start).
+CALIBRATION_MARGIN = 1.12
 FULL_EXTENT = 2.0 / FIT_MARGIN ** 2  # default radial extent: a fit's largest possible |q|^2 (its image's corners)
 _FIT_SAMPLES = 4  # fit samples per grid cell and axis (at least 48 per image axis)
 _SOFT = 8  # exponent of the smooth cap s
@@ -187,12 +195,13 @@ class LensField(nn.Module):
 
     @classmethod
     def fit(cls, camera: Camera, grid: int | None = None, steps: int = FIT_STEPS, hidden: int = DEFAULT_HIDDEN,
-            blocks: int = DEFAULT_BLOCKS) -> tuple["LensField", float]:
+            blocks: int = DEFAULT_BLOCKS, margin: float = FIT_MARGIN) -> tuple["LensField", float]:
         """A field reproducing `camera`'s projection (any model, LENS_FIELD included) over its image, and the RMS
         pixel error of the fit (float64 throughout; `intrinsics` set on the field).
 
         The rays of a dense pixel sample (`_FIT_SAMPLES` per grid cell and axis) come from the camera's
-        `unproject_directions`; R covers them with the margin FIT_MARGIN; the principal point is the camera's and
+        `unproject_directions`; R covers them with `margin` (FIT_MARGIN; CALIBRATION_MARGIN for a field to be
+        calibrated); the principal point is the camera's and
         the focal is the camera's, scaled by `_focal_scale` when the lens would otherwise need most of the field's
         Lipschitz budget. The radial block starts from the linear least-squares fit of its polynomial to the
         lens's displacements, then `steps` L-BFGS iterations refine everything on the squared pixel error of
@@ -203,7 +212,9 @@ class LensField(nn.Module):
         fx, fy, cx, cy, _ = camera.split()
         pixels, rays = _image_rays(camera, max(48, _FIT_SAMPLES * (grid - 1) + 1))
         a, b = equidistant_from_cam(rays)
-        radius = FIT_MARGIN * float(torch.maximum(a.abs(), b.abs()).max())
+        if not (isinstance(margin, (int, float)) and margin >= 1):
+            raise CameraModelError(f"LensField margin must be a number >= 1, got {margin!r}")
+        radius = margin * float(torch.maximum(a.abs(), b.abs()).max())
         scale = _focal_scale(camera, a, b)
         fx, fy = fx * scale, fy * scale
         q = torch.stack([a, b], -1) / radius
@@ -282,9 +293,9 @@ def lens_field_params(fx, fy, cx, cy, radius, displacements: torch.Tensor) -> to
 
 
 def field_camera(camera: Camera, grid: int | None = None, steps: int = FIT_STEPS, hidden: int = DEFAULT_HIDDEN,
-                 blocks: int = DEFAULT_BLOCKS) -> tuple[Camera, LensField, float]:
+                 blocks: int = DEFAULT_BLOCKS, margin: float = FIT_MARGIN) -> tuple[Camera, LensField, float]:
     """`camera` as a LENS_FIELD camera (same id and size), its network and the fit's RMS in pixels (`LensField.fit`)."""
-    field, rms = LensField.fit(camera, grid, steps, hidden, blocks)
+    field, rms = LensField.fit(camera, grid, steps, hidden, blocks, margin)
     with torch.no_grad():
         params = field.params(*field.intrinsics)
     return Camera(camera.id, "LENS_FIELD", camera.width, camera.height, params.tolist()), field, rms

@@ -197,3 +197,18 @@ def test_tracks_calibrate_a_wide_lens_beyond_opencv_fisheye(addon):
           f"median {np.median(fisheye):.4f} p99 {np.percentile(fisheye, 99):.4f} deg")
     assert np.median(field) < 0.05 and np.percentile(field, 99) < 0.2
     assert np.percentile(fisheye, 99) > 3 * np.percentile(field, 99)
+
+
+def test_a_field_started_narrower_than_the_lens_keeps_its_outermost_rays(addon):
+    """Started from an equidistant guess with its focal 6 % long (reaching 60 deg at the image's side where the
+    lens, 180 deg corner to corner, reaches 63.6), the adjusted LENS_FIELD has a ray at every pixel of the true lens
+    and they agree to a tenth of a degree: the field to be calibrated spans rays beyond its starting camera's
+    (CALIBRATION_MARGIN; with FIT_MARGIN the outermost rays end squeezed onto the grid's border, p99 1.2 deg)."""
+    from bench.bench_lens import calibrate_wide_lens
+    from scenegen import lenses
+
+    lens = lenses.equidistant(96, 96, 180.0)
+    err = calibrate_wide_lens(Camera(1, lens.model, lens.width, lens.height, list(lens.params)), "LENS_FIELD",
+                              reach_deg=60.0)
+    assert np.isfinite(err).all(), f"{int(np.isinf(err).sum())} of {len(err)} pixels lost their ray"
+    assert np.percentile(err, 99) < 0.15, np.percentile(err, 99)

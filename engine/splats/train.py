@@ -211,8 +211,9 @@ def downscale_scene(scene: Scene, photos: list[np.ndarray], factor: int) -> tupl
 def training_cameras(scene: Scene, lens: str, calibrate: tuple[str, ...]
                      ) -> tuple[list[Camera], list[str], dict[int, Any]]:
     """The scene's cameras in their training models (`lens`), notes on each conversion, and the lens-field networks
-    fitted for cameras converted to LENS_FIELD (by index into the list)."""
-    from ..lens_field import field_camera
+    fitted for cameras converted to LENS_FIELD (by index into the list; over a grid enlarged by CALIBRATION_MARGIN
+    when focal or distortion is calibrated, so the field reaches rays the starting camera does not)."""
+    from ..lens_field import CALIBRATION_MARGIN, FIT_MARGIN, field_camera
 
     unknown = set(calibrate) - set(CALIBRATABLE)
     if unknown:
@@ -222,7 +223,8 @@ def training_cameras(scene: Scene, lens: str, calibrate: tuple[str, ...]
         target = lens_model(cam, lens)
         if target != cam.model:
             if target == "LENS_FIELD":
-                cam_new, fields[len(cameras)], rms = field_camera(cam)
+                margin = CALIBRATION_MARGIN if {"focal", "distortion"} & set(calibrate) else FIT_MARGIN
+                cam_new, fields[len(cameras)], rms = field_camera(cam, margin=margin)
             else:
                 cam_new, rms = convert_camera(cam, target)
             notes.append(f"camera {cam.id}: {cam.model} converted to {target} "
