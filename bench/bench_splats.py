@@ -32,7 +32,7 @@ from . import ROOT, Report, Row
 
 CACHE = ROOT / "out" / "bench_splats"
 SIZE = (128, 96)  # training size
-PHOTO_DOWNSCALE = 4  # the bundle's photos are this much larger: feature tracks come from them (as from real photos)
+PHOTO_DOWNSCALE = 8  # the bundle's photos are this much larger: feature tracks come from them (as from real photos)
 VIEWS = 16
 DISTORTION = (-0.06, 0.01)
 ITERATIONS = 1000
