@@ -329,3 +329,18 @@ def test_project_gaussians_through_the_field():
         cov = jac @ sigma3[i] @ jac.T + EPS2D * torch.eye(2, dtype=F64)
         a, b, c = proj.conics[i]
         assert torch.allclose(torch.linalg.inv(cov), torch.stack([a, b, b, c]).reshape(2, 2), rtol=1e-9), i
+
+
+@pytest.mark.parametrize("calibrate, margin", [(("focal", "pose"), "CALIBRATION_MARGIN"), (("pose",), "FIT_MARGIN")])
+def test_training_fields_span_beyond_the_start_only_when_calibrated(calibrate, margin):
+    """`--lens field`: a field whose focal or distortion will be calibrated gets the wider grid (room for a lens
+    wider than its start); one kept fixed is fitted with the ordinary margin."""
+    from types import SimpleNamespace
+
+    import engine.lens_field as lens_field
+    from engine.splats.train import training_cameras
+
+    camera = Camera(1, "OPENCV_FISHEYE", 96, 96, [40.0, 40.0, 48.0, 48.0, 0.0, 0.0, 0.0, 0.0])
+    _, _, fields = training_cameras(SimpleNamespace(cameras={1: camera}), "field", calibrate)
+    reach = 48.0 / 40.0  # equidistant: the image's side is 48 px off-axis, a ray of 48 / f radians
+    assert fields[0].radius == pytest.approx(getattr(lens_field, margin) * reach, rel=0.02)
