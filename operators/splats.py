@@ -150,6 +150,11 @@ class UNPOSED_OT_train_splats(BrowseThenRunOperator, bpy.types.Operator):
         description="When feature tracks calibrate the cameras first, how fast the photos may still refine focal, "
                     "principal point and distortion (0: keep the tracks' intrinsics, refine poses only; 1: full "
                     "rate)")
+    rotations_after_tracks: FloatProperty(
+        name="Rotations After Tracks", default=0.0, min=0.0, max=1.0,
+        description="When feature tracks calibrate the cameras first, how fast the photos may still refine the "
+                    "cameras' orientations (0: keep the tracks' orientations, refine camera positions only; 1: full "
+                    "rate)")
     out_path: StringProperty(name="Output Bundle", subtype='DIR_PATH',
                              description="Folder for the trained bundle (default: update the input bundle)")
     display_limit: IntProperty(name="Display Limit", default=splats_bridge.DISPLAY_LIMIT, min=1,
@@ -181,7 +186,8 @@ class UNPOSED_OT_train_splats(BrowseThenRunOperator, bpy.types.Operator):
         calibrate = ",".join(key.lower() for key, *_ in _CALIBRATE if key in self.calibrate) or "none"
         return ["train", str(self._bundle), "--iters", str(self.iterations), "--calibrate", calibrate,
                 "--lens", self.lens.lower(), "--test-every", str(self.hold_out), "--downscale", str(self.downscale),
-                "--intrinsics-after-tracks", repr(self.intrinsics_after_tracks), "--out", str(self._out)]
+                "--intrinsics-after-tracks", repr(self.intrinsics_after_tracks),
+                "--rotations-after-tracks", repr(self.rotations_after_tracks), "--out", str(self._out)]
 
     def job_finished(self, context: bpy.types.Context, result: dict[str, Any]) -> set[str]:
         try:

@@ -522,6 +522,7 @@ def test_train_splats_updates_cameras_in_place(addon, empty_scene, ops, tmp_path
     for run in range(2):
         assert bpy.ops.unposed.train_splats(filepath=str(bundle), iterations=3, lens="OPENCV", hold_out=0,
                                             downscale=run + 1, intrinsics_after_tracks=0.5 * run,
+                                            rotations_after_tracks=0.5 * run,
                                             out_path=str(out)) == {"FINISHED"}
         trained = read_bundle(out)
         assert [(c.width, c.height) for c in trained.cameras.values()] == [(32, 24)]

@@ -76,8 +76,9 @@ def room_128(tmp_path_factory, addon):
 def test_tracks_calibrate_focal_and_poses(room_128, one_thread):
     """Real SIFT tracks on a 128x96 room: the bundle adjustment before training fits them (reprojection RMS at least
     halved) and moves focal and rotations towards the truth, and the held-out views are registered on its points;
-    once it fits, the intrinsics learn at lr_intrinsics_after_tracks of their rates (poses at theirs); see
-    bench_splats for what full runs reach."""
+    once it fits, the intrinsics learn at lr_intrinsics_after_tracks of their rates and the orientations at
+    lr_rotations_after_tracks of theirs (0: kept), while camera centres keep learning; see bench_splats for what
+    full runs reach."""
     from engine.splats.train import Trainer
 
     truth = read_bundle(room_128)
@@ -100,8 +101,11 @@ def test_tracks_calibrate_focal_and_poses(room_128, one_thread):
     rates = trainer._schedules()
     assert rates["focal"](40) == pytest.approx(0.25 * full_rates["focal"](40)) and rates["focal"](40) > 0
     assert rates["pose"](40) == full_rates["pose"](40)
+    adjusted = trainer.rig.pose.detach().clone()
     while trainer.step < config.iterations:
         trainer.train_step()
+    moved = (trainer.rig.pose.detach() - adjusted)[trainer.train_ids].abs()
+    assert torch.equal(moved[:, :3], torch.zeros_like(moved[:, :3])) and moved[:, 3:].min() > 0  # centres only
     trainer.evaluate()
     focal_err, rot_err = camera_errors(trainer.result(), truth)
     print(f"focal error {100 * focal_err:.3f} %, mean rotation error {rot_err:.3f} deg; tracks {ba}")
@@ -176,6 +180,8 @@ def test_bad_input_gives_clear_errors(room, tmp_path):
         Trainer(empty, TrainConfig(iterations=1))
     with pytest.raises(EngineError, match="intrinsics after tracks must be 0 or more, got -0.5"):
         Trainer(scene, TrainConfig(iterations=1, lr_intrinsics_after_tracks=-0.5))
+    with pytest.raises(EngineError, match="rotations after tracks must be 0 or more, got nan"):
+        Trainer(scene, TrainConfig(iterations=1, lr_rotations_after_tracks=float("nan")))
     proc = run_engine("train", room, "--iters", 1, "--intrinsics-after-tracks", "-1")
     assert proc.returncode == 2 and "must be 0 or more, got -1.0" in events(proc.stdout)[-1]["message"]
     # a photo missing on disk: the command names the image file

@@ -69,6 +69,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="factor on the focal, principal point and distortion learning rates after a track "
                              "bundle adjustment that fits (default 0: keep the adjustment's intrinsics, refine "
                              "poses only; 1: refine them photometrically at full rate)")
+    parser.add_argument("--rotations-after-tracks", type=float, default=0.0, metavar="FACTOR",
+                        help="factor on the orientations' learning rate after a track bundle adjustment that fits "
+                             "(default 0: keep the adjustment's orientations, refine camera centres only; 1: full "
+                             "rate)")
     parser.add_argument("--track-gaussians", action=argparse.BooleanOptionalAction, default=True,
                         help="with tracks, one small splat on each track point, kept small by a scale loss "
                              "(default on)")
@@ -120,6 +124,7 @@ def config_from_args(args: argparse.Namespace):
                        checkpoint_every=args.checkpoint_every, tracks=args.tracks,
                        track_gaussians=args.track_gaussians, cubemap=args.cubemap,
                        lr_intrinsics_after_tracks=args.intrinsics_after_tracks,
+                       lr_rotations_after_tracks=args.rotations_after_tracks,
                        calib_start=args.iters // 10, calib_ramp=max(1, args.iters // 20),
                        densify=DensifyConfig(max_gaussians=args.max_gaussians))
 
