@@ -16,7 +16,7 @@ fisheye render.
 Training (`_training`, issue #7's accuracy protocol): generated rooms (`scenegen.generate`, exact fisheye ground
 truth) seen through two lenses: 180 deg equidistant, and the 190 deg `mild_radial` lens of the accuracy section
 (strong high-order terms; the scenegen "polynomial" lens, a 13th-degree wave, is beyond what the trainer's field
-reaches). The photos are rendered PHOTO_SCALE times larger than the training size (384x384 for 96x96): feature
+reaches). The photos are rendered PHOTO_SCALE times larger than the training size (1536x1536 for 96x96): feature
 tracks come from the full-size photos, as they would from real ones, and every run trains on them shrunk PHOTO_SCALE
 times (`TrainConfig.downscale`), so a step costs what it does at 96x96. Four runs per lens, two single-threaded at a
 time: the true lens without calibration (reference); LENS_FIELD and OPENCV_FISHEYE (`--lens field` / `fisheye`,
@@ -42,10 +42,10 @@ from . import ROOT, Report, Row
 
 CACHE = ROOT / "out" / "bench_lens"
 TRAIN_SIZE = 96  # training section: square training images,
-PHOTO_SCALE = 4  # from photos this many times larger (384x384; feature tracks come from them),
+PHOTO_SCALE = 16  # from photos this many times larger (1536x1536; feature tracks come from them),
 TRAIN_VIEWS = 10  # views of the generated room,
 TRAIN_TEST_EVERY = 5  # every 5th held out,
-TRAIN_ITERATIONS = 600  # steps per run (8 runs: ~15-20 min on 2 cores)
+TRAIN_ITERATIONS = 600  # steps per run (8 runs: ~50 min on 2 cores; rendering the 1536 px rooms: 9 min each)
 FOCAL_ERROR = 1.05  # the calibrated runs start from an equidistant guess with this focal factor
 TRAIN_RUNS = ("true", "field", "fisheye", "undistort")  # see `_training_run`
 
