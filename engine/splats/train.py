@@ -48,7 +48,8 @@ CHECKPOINT_VERSION = 3
 TRACK_SCALE_PX = 1.0  # Cauchy scale of the track loss, in the photos' full-size pixels (SIFT: a few tenths of a px)
 TRACK_TRUST_PX = 2.0  # a track bundle adjustment ending within this RMS (full-size px) is trusted: see
 # TrainConfig.lr_intrinsics_after_tracks
-MIN_TRACK_OBSERVATIONS = 10  # per training view on average, or tracks are not used (too weak to constrain)
+MIN_TRACK_OBSERVATIONS = 10  # per training view on average, or tracks are not used (too weak to constrain); per
+# view, for the adjustment's orientation of it to be kept (TrainConfig.lr_rotations_after_tracks)
 PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
 
 
@@ -114,9 +115,10 @@ class TrainConfig:
     # calibration start (0.15 deg when calibration starts at half the run); bench_splats: full rates take focal from
     # the adjustment's 0.3 % error to 0.9 %; bench_lens: 0.1x triples the lens error the adjustment left
     lr_intrinsics_after_tracks: float = 0.0
-    # the same for the orientations (the rotation part of the pose twists), which the adjustment also fits; camera
-    # centres, which it keeps fixed, learn at the full pose rate. bench_splats: rotations 0.07-0.09 deg after the
-    # adjustment, 0.14 deg after 1000 photometric steps at full rate, 0.12 at 0.1; held-out PSNR unchanged at 0
+    # the same for the orientations (the rotation part of the pose twists) of the views the adjustment fitted on
+    # MIN_TRACK_OBSERVATIONS or more observations; camera centres, which it keeps fixed, learn at the full pose
+    # rate. bench_splats: rotations 0.07-0.09 deg after the adjustment, 0.14 deg after 1000 photometric steps at
+    # full rate, 0.12 at 0.1; held-out PSNR unchanged at 0
     lr_rotations_after_tracks: float = 0.0
     # track Gaussians (`track_gaussians`, only with tracks): one splat per track centred on its point, never
     # densified or pruned, kept within SCALE_BOUND_PX (2) pixel footprints by a scale loss weighted scale_weight per
@@ -489,6 +491,12 @@ class Trainer:
             gauss[what] = Schedule(lr, c.calib_start, c.calib_ramp, end, c.calib_final)
         return gauss
 
+    def rotations_from_tracks(self) -> torch.Tensor:
+        """(n_images,) bool: the views whose orientations the track bundle adjustment fitted on at least
+        MIN_TRACK_OBSERVATIONS observations (the others learn theirs photometrically at the full rate)."""
+        counts = torch.bincount(self.tracks.image, minlength=len(self.scene.images))
+        return counts >= MIN_TRACK_OBSERVATIONS
+
     def tracks_trusted(self) -> bool:
         """Whether the track bundle adjustment ran and fits its tracks within TRACK_TRUST_PX RMS."""
         rms = self.track_report.get("rms_after_px", math.inf)  # training pixels
@@ -633,9 +641,9 @@ class Trainer:
         for _, opt in self._gaussian_optimizers():
             opt.step()
         if self.camera_optimizer is not None and step % self.camera_every() == 0:
-            rotations = self.rig.pose.grad
-            if rotations is not None and self.tracks_trusted():  # the twist's rotation part (cameras.se3_exp)
-                rotations[:, :3] *= self.config.lr_rotations_after_tracks
+            grad = self.rig.pose.grad
+            if grad is not None and self.tracks_trusted():  # the twist's rotation part (cameras.se3_exp)
+                grad[self.rotations_from_tracks(), :3] *= self.config.lr_rotations_after_tracks
             if any(g["lr"] > 0 for g in self.camera_optimizer.param_groups):
                 self.camera_optimizer.step()
             self.camera_optimizer.zero_grad(set_to_none=True)
