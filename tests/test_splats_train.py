@@ -3,6 +3,7 @@ cancel and resume."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -129,6 +130,16 @@ def run_engine(*args, timeout=300):
 
 def events(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def test_train_command_says_what_the_track_adjustment_keeps(room_128, tmp_path):
+    proc = run_engine("train", room_128, "--out", tmp_path / "trained", "--iters", 2, "--calibrate", "focal,pose",
+                      "--tracks", "on", "--rotations-after-tracks", "0.5", "--test-every", 6, "--eval-pose-steps", 1,
+                      "--threads", 1)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    said = [e["message"] for e in events(proc.stdout) if e["event"] == "log" and "adjustment fits" in e["message"]]
+    assert len(said) == 1 and "intrinsics at 0x" in said[0], said
+    assert re.search(r"orientations of 1[0-3] of 13 training views at 0\.5x their learning rates", said[0]), said
 
 
 def test_train_command_writes_bundle_splats_and_curves(room, tmp_path):

@@ -824,6 +824,12 @@ def train(scene: Scene, config: TrainConfig, progress: Progress | None = None, c
         if ba:
             progress.log(f"bundle adjustment on {ba['tracks']} feature tracks: reprojection RMS "
                          f"{ba['rms_before_px']:.2f} -> {ba['rms_after_px']:.2f} px")
+            if trainer.tracks_trusted():
+                pinned = int(trainer.rotations_from_tracks().sum())
+                progress.log(f"the adjustment fits: photometric training refines its intrinsics at "
+                             f"{config.lr_intrinsics_after_tracks:g}x and the orientations of {pinned} of "
+                             f"{len(trainer.train_ids)} training views at {config.lr_rotations_after_tracks:g}x "
+                             f"their learning rates")
             held = ba.get("held_out", {})
             if held.get("images"):
                 progress.log(f"{held['images']} held-out view(s) registered on {held['observations']} track "
