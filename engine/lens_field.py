@@ -170,10 +170,51 @@ class LensField(nn.Module):
             q = q + block(q, scale)
         return (q - p) * self.radius
 
+    def _raw_total(self) -> torch.Tensor:
+        """S: the sum of the branches' raw (unscaled) Lipschitz bounds."""
+        return self.radial.raw_lipschitz() + sum(block.raw_lipschitz() for block in self.residual)
+
     def _cap(self) -> torch.Tensor:
         """The factor s(S) every branch's Lipschitz bound is multiplied by, S the sum of the raw bounds."""
-        total = self.radial.raw_lipschitz() + sum(block.raw_lipschitz() for block in self.residual)
-        return _BUDGET / _soft_max(total, _BUDGET)
+        return _BUDGET / _soft_max(self._raw_total(), _BUDGET)
+
+    def hold_radial_beyond(self, extent: float) -> None:
+        """Lower the radial block's T to `extent` (in (|point| / radius)^2) where that is below it: the polynomial
+        then shapes the profile only inside, and beyond it the profile continues linearly from its value there.
+        `engine.splats.track_loss.bundle_adjust` sets it to the farthest ray the tracks observe, so that the
+        degree-13 polynomial cannot bend where no observation constrains it: the profile there is predictable
+        instead of arbitrary. Measured (99th percentile of the lens error over the image, free polynomial -> held):
+        bench_lens's plain-textured 1536 px rooms, whose SIFT tracks reach 65-66 deg of the 180 / 190 deg lenses,
+        0.88 -> 0.48 deg (equidistant) and 1.89 -> 1.47 deg (mild_radial); synthetic tracks within 45 deg of a 180
+        deg equidistant lens, 0.80 -> 0.38 deg. A lens that bends beyond the reach is not followed: mild_radial
+        seen within 60 deg, 0.86 -> 1.45 deg (the free polynomial happened to bend with it). Only tracks out there
+        fix that (bench_lens's textured rooms reach 83 deg).
+        The field inside is kept exactly: a lower T can only lower the radial block's raw bound, which raises the
+        cap s(S) on every branch, so all are rescaled by the c with c s(c S') = s(S) (S' the new raw total;
+        x s(x) = b x / (x^8 + b^8)^(1/8) inverts in closed form). Beyond, the field changes where the polynomial
+        bent: call this before adjusting the field there."""
+        if not (isinstance(extent, (int, float)) and math.isfinite(extent) and extent > 0):
+            raise CameraModelError(f"LensField radial extent must be a positive number, got {extent!r}")
+        with torch.no_grad():
+            cap = float(self._cap())
+            self.radial_extent = min(self.radial_extent, float(extent))
+            self.radial.extent = self.radial_extent
+            raw = float(self._raw_total())
+            if raw > 0:
+                kept = raw * cap  # the certified total to keep, below the budget b
+                c = _BUDGET * kept / (_BUDGET ** _SOFT - kept ** _SOFT) ** (1 / _SOFT) / raw
+                self.radial.coeffs.mul_(c)
+                for block in self.residual:  # three weights each: their bound scales by c
+                    for layer in block.layers:
+                        layer.weight.mul_(c ** (1 / 3))
+
+    def get_extra_state(self) -> dict:
+        """T travels with the weights in `state_dict` (training checkpoints): `hold_radial_beyond` may lower it."""
+        return {"radial_extent": self.radial_extent}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.radial_extent = float(state["radial_extent"])
+        self.radial.extent = self.radial_extent
 
     def displacements(self) -> torch.Tensor:
         """D at the control nodes, (grid, grid, 2), row-major over (row y, column x); zero at initialisation."""

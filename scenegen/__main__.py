@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=16, help="Cycles samples per pixel")
     parser.add_argument("--points", type=int, default=40000, help="surface samples before visibility")
     parser.add_argument("--depth", action="store_true", help="also write per-view depth maps (.npy)")
+    parser.add_argument("--grain", type=float, default=0.0,
+                        help="strength (0-1) of fine texture added to every surface (0: none)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = generate(args.out, kind=args.kind, n_views=args.views, width=args.width, height=args.height,
                        seed=args.seed, model=args.model, hfov_deg=args.hfov, rig=args.rig, arc_deg=args.arc,
-                       samples=args.samples, n_points=args.points, save_depth=args.depth)
+                       samples=args.samples, n_points=args.points, save_depth=args.depth, grain=args.grain)
     except (ValueError, errors.EngineError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

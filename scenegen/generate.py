@@ -11,6 +11,7 @@ import numpy as np
 
 from . import lenses
 from .addon import module
+from .materials import add_grain
 from .points import coloured_points
 from .render import camera_objects, configure, render_views
 from .rigs import intrinsics, make_cameras
@@ -28,7 +29,7 @@ FISHEYE_LENSES = {"equidistant": (lenses.equidistant, 180.0), "polynomial": (len
 def generate(out_dir: str | Path, *, kind: str = "room", n_views: int = 8, width: int = 160, height: int = 120,
              seed: int = 0, model: str = "PINHOLE", hfov_deg: float = 60.0,
              camera: Camera | Sequence[Camera] | None = None, rig: str = "orbit", arc_deg: float = 360.0,
-             samples: int = 16, n_points: int = 40000, save_depth: bool = False,
+             samples: int = 16, n_points: int = 40000, save_depth: bool = False, grain: float = 0.0,
              scene: bpy.types.Scene | None = None) -> Path:
     """Build scene `kind` into `scene` (default: the context scene, expected empty), render `n_views` views and
     write the ground truth as a scene bundle at `out_dir` (atomically); returns the bundle folder.
@@ -39,13 +40,17 @@ def generate(out_dir: str | Path, *, kind: str = "room", n_views: int = 8, width
     with one per view), else `intrinsics(model, width, height, hfov_deg=hfov_deg)`. With `save_depth`, each
     image also names `depth/<view>.npy`: float32 (H, W) camera z of the surface at each pixel (OpenCV axes,
     metres), 0 where there is none and where a fisheye's ray is 90 deg or more from the axis (camera z cannot
-    place those points). The Blender scene keeps the built geometry and one camera object per view (named after
+    place those points). `grain` > 0 adds fine texture of that strength to every surface (`materials.add_grain`).
+    The Blender scene keeps the built geometry and one camera object per view (named after
     the view).
     """
     bundles, atomic = module("engine.bundle"), module("engine.atomic")
     scene = scene or bpy.context.scene
     out_dir = Path(out_dir).absolute()
     built = build_scene(kind, seed, scene)
+    if grain:
+        for material in {slot.material for obj in built.objects for slot in obj.material_slots if slot.material}:
+            add_grain(material, grain)
     views = make_cameras(built, n_views, camera or intrinsics(model, width, height, hfov_deg=hfov_deg),
                          rig=rig, seed=seed, arc_deg=arc_deg)
     cam_collection = bpy.data.collections.new("scenegen_cameras")
@@ -69,7 +74,8 @@ def generate(out_dir: str | Path, *, kind: str = "room", n_views: int = 8, width
             images.append(bundles.Image(id=i, name=render.path.name, camera_id=view.camera.id,
                                         cam_from_world=view.cam_from_world, path=render.path, extras=extras))
         provenance = {"tool": "unposed scenegen", "version": module("engine").__version__,
-                      "command": " ".join(sys.argv), "source": f"scenegen kind={kind} seed={seed}",
+                      "command": " ".join(sys.argv), "source": f"scenegen kind={kind} seed={seed}"
+                      + (f" grain={grain:g}" if grain else ""),
                       "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         bundle = bundles.Scene(cameras, images, points, units="meters", provenance=provenance)
         depth_files = {image.extras["depth"]: stage / image.extras["depth"] for image in images if save_depth}

@@ -15,6 +15,7 @@ import numpy as np
 
 AMBIENT = 0.3  # emission strength relative to the surface colour
 PATTERNS = ("checker", "bricks", "cells", "blobs", "stripes")
+GRAIN_SCALE = 40.0  # features per metre of `add_grain`'s coarsest octave
 
 
 def random_colour(rng: np.random.Generator,
@@ -53,6 +54,35 @@ def surface_material(name: str, rng: np.random.Generator, pattern: str | None = 
     links.new(add.outputs["Shader"], out.inputs["Surface"])
     mat.diffuse_color = colour_a  # what Solid mode shows
     return mat
+
+
+def add_grain(material: bpy.types.Material, strength: float, scale: float = GRAIN_SCALE) -> None:
+    """Multiply the colour of a `surface_material` by fine multi-octave value noise between 1 - `strength` and
+    1 + `strength` (`scale` features per metre, down to a few millimetres): the small-scale texture real surfaces
+    have and the two-colour patterns lack, so that features can be found on every surface, also at grazing angles
+    and close up. Object-space like the patterns, so it looks the same from every view."""
+    if not 0 < strength < 1:
+        raise ValueError(f"grain strength must be between 0 and 1, got {strength!r}")
+    nodes, links = material.node_tree.nodes, material.node_tree.links
+    targets = [n.inputs["Color"] for n in nodes if n.bl_idname in ("ShaderNodeBsdfDiffuse", "ShaderNodeEmission")]
+    if not targets or not targets[0].is_linked:
+        raise ValueError(f"material {material.name!r} is not a surface_material (no linked diffuse colour)")
+    colour = targets[0].links[0].from_socket
+    coords = next(n for n in nodes if n.bl_idname == "ShaderNodeTexCoord")
+    noise = nodes.new("ShaderNodeTexNoise")
+    noise.inputs["Scale"].default_value = scale
+    noise.inputs["Detail"].default_value = 8.0
+    links.new(coords.outputs["Object"], noise.inputs["Vector"])
+    amount = nodes.new("ShaderNodeMapRange")  # noise is centred on 0.5 with a small spread
+    amount.inputs["From Min"].default_value, amount.inputs["From Max"].default_value = 0.3, 0.7
+    amount.inputs["To Min"].default_value, amount.inputs["To Max"].default_value = 1 - strength, 1 + strength
+    links.new(noise.outputs["Factor"], amount.inputs["Value"])
+    multiply = nodes.new("ShaderNodeVectorMath")
+    multiply.operation = "SCALE"
+    links.new(colour, multiply.inputs["Vector"])
+    links.new(amount.outputs["Result"], multiply.inputs["Scale"])
+    for socket in targets:
+        links.new(multiply.outputs["Vector"], socket)
 
 
 def _pattern(nodes, links, pattern, vector, colour_a, colour_b, scale, rng) -> bpy.types.NodeSocket:

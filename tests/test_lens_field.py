@@ -344,3 +344,43 @@ def test_training_fields_span_beyond_the_start_only_when_calibrated(calibrate, m
     _, _, fields = training_cameras(SimpleNamespace(cameras={1: camera}), "field", calibrate)
     reach = 48.0 / 40.0  # equidistant: the image's side is 48 px off-axis, a ray of 48 / f radians
     assert fields[0].radius == pytest.approx(getattr(lens_field, margin) * reach, rel=0.02)
+
+
+def test_the_radial_profile_held_beyond_an_extent_continues_linearly():
+    """`hold_radial_beyond`: inside the extent the radial block keeps its polynomial, beyond it each ray's
+    displacement grows in proportion to the distance from the centre (P held at its value there); a bad extent
+    is refused by name."""
+    field = LensField(9, 1.5).double()  # the MLP branches start at zero: the field is the radial block alone
+    with torch.no_grad():
+        field.radial.coeffs.copy_(torch.tensor([0.0, 0.05, -0.03, 0.0, 0.0, 0.0, 0.0], dtype=F64))
+    direction = torch.tensor([0.6, 0.8], dtype=F64)
+    radii = torch.linspace(0.05, 1.4, 28, dtype=F64)  # |point| in radians, up to 0.93 of the grid's radius
+    before = field(radii[:, None] * direction)
+    field.hold_radial_beyond(0.25)  # |point| / radius = 0.5: 0.75 radians
+    after = field(radii[:, None] * direction)
+    inside, outside = radii <= 0.75, radii > 0.75
+    assert torch.allclose(after[inside], before[inside], atol=1e-12)
+    ratio = after[outside].norm(dim=-1) / radii[outside]  # D = x P(T): the same factor along the ray
+    assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-9)
+    assert not torch.allclose(after[outside], before[outside], atol=1e-4)  # the polynomial bent there
+    field.hold_radial_beyond(0.5)  # never raised again
+    assert field.radial_extent == 0.25
+    with torch.no_grad():  # MLP branches too, and a radial profile spending most of the Lipschitz budget
+        field.radial.coeffs.mul_(12.0)
+        noise = torch.Generator().manual_seed(1)
+        for layer in field.residual[0].layers:
+            layer.weight.add_(0.3 * torch.randn(layer.weight.shape, dtype=F64, generator=noise))
+    points = 1.5 * torch.rand(400, 2, dtype=F64, generator=torch.Generator().manual_seed(2)) * 2 - 1.5
+    with torch.no_grad():
+        before, cap = field(points), float(field._cap())
+        field.hold_radial_beyond(0.1)
+        after = field(points)
+    inside = (points / 1.5).square().sum(-1) <= 0.1
+    assert cap < 0.9 and int(inside.sum()) > 20  # the cap was active: the rescaling matters
+    assert torch.allclose(after[inside], before[inside], atol=1e-12)
+    assert field.lipschitz_bound() <= LIPSCHITZ + 1e-12
+    resumed = LensField(9, 1.5).double()  # a training checkpoint keeps the held extent with the weights
+    resumed.load_state_dict(field.state_dict())
+    assert resumed.radial_extent == 0.1 and torch.allclose(resumed(points).detach(), after, atol=1e-14)
+    with pytest.raises(CameraModelError, match="radial extent must be a positive number, got nan"):
+        field.hold_radial_beyond(float("nan"))

@@ -44,7 +44,7 @@ from .sh import C0, num_coefficients, sh_colors
 from .track_gaussians import TrackGaussians
 from .track_loss import TrackLoss, bundle_adjust, register_images
 
-CHECKPOINT_VERSION = 3
+CHECKPOINT_VERSION = 4  # 4: lens fields keep their radial extent (LensField.get_extra_state)
 TRACK_SCALE_PX = 1.0  # Cauchy scale of the track loss, in the photos' full-size pixels (SIFT: a few tenths of a px)
 TRACK_TRUST_PX = 2.0  # a track bundle adjustment ending within this RMS (full-size px) is trusted: see
 # TrainConfig.lr_intrinsics_after_tracks
@@ -825,6 +825,9 @@ def train(scene: Scene, config: TrainConfig, progress: Progress | None = None, c
         if ba:
             progress.log(f"bundle adjustment on {ba['tracks']} feature tracks: reprojection RMS "
                          f"{ba['rms_before_px']:.2f} -> {ba['rms_after_px']:.2f} px")
+            for camera, reach in ba.get("field_reach_deg", {}).items():
+                progress.log(f"camera {camera}: the tracks reach {reach:.1f} deg off-axis; its lens field's radial "
+                             f"profile continues linearly beyond")
             if trainer.tracks_trusted():
                 pinned = int(trainer.rotations_from_tracks().sum())
                 progress.log(f"the adjustment fits: photometric training refines its intrinsics at "
