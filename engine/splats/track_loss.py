@@ -170,12 +170,12 @@ def bundle_adjust(rig: CameraRig, tracks: TrackLoss, calibrate: Sequence[str], i
 
     Parametric cameras: Levenberg-Marquardt with the points eliminated by the Schur complement (`_schur_lm`), then
     the observations more than OUTLIER_SCALES Cauchy scales off are dropped (`TrackLoss.drop_outliers`) and the
-    adjustment runs again. Lens
-    fields, whose networks have far too many parameters for a dense reduced camera system: L-BFGS on the cameras
-    alone with the points re-triangulated at every evaluation (`_variable_projection`); then each field's radial
-    profile is held linear beyond the farthest ray its tracks observe through the adjusted lens
-    (`_hold_fields_to_tracks`; the report's `field_reach_deg`; measured through the starting lens instead, 5-40 %
-    narrower, the hold cuts into the observed profile) and the adjustment runs again.
+    adjustment runs again. Lens fields, whose networks have far too many parameters for a dense reduced camera
+    system: L-BFGS on the cameras alone with the points re-triangulated at every evaluation
+    (`_variable_projection`); then the outliers are dropped in the same way, each field's radial profile is held
+    linear beyond the farthest ray its tracks observe through the adjusted lens (`_hold_fields_to_tracks`; the
+    report's `field_reach_deg`; measured through the starting lens instead, 5-40 % narrower, the hold cut into the
+    observed profile), and the adjustment runs again.
 
     Unless `move_centres`, poses turn about their camera centres only (the twist's translation part stays fixed):
     with free centres an orbit of cameras trades focal against distance and rotation against sideways motion,
