@@ -185,7 +185,7 @@ class LensField(nn.Module):
         degree-13 polynomial cannot bend where no observation constrains it: the profile there is predictable
         instead of arbitrary. Measured (99th percentile of the lens error over the image, free polynomial -> held):
         bench_lens's plain-textured 1536 px rooms, whose SIFT tracks reach 65-66 deg of the 180 / 190 deg lenses,
-        0.88 -> 0.48 deg (equidistant) and 1.89 -> 1.47 deg (mild_radial); synthetic tracks within 45 deg of a 180
+        0.88 -> 0.48 deg (equidistant) and 2.05 -> 1.44 deg (mild_radial); synthetic tracks within 45 deg of a 180
         deg equidistant lens, 0.80 -> 0.38 deg. A lens that bends beyond the reach is not followed: mild_radial
         seen within 60 deg, 0.86 -> 1.45 deg (the free polynomial happened to bend with it). Only tracks out there
         fix that (bench_lens's textured rooms reach 83 deg).
