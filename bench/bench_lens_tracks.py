@@ -27,6 +27,13 @@ ROTATION_DEG = 2.0  # and its orientation error
 LENS = "equidistant_180"
 
 
+def _angles(err: np.ndarray) -> str:
+    """median / p99 / max of lens errors (inf: a pixel without a ray), and the share of such pixels."""
+    lost = 100 * float(np.isinf(err).mean())
+    return (f"{np.median(err):.3f} / {np.percentile(err, 99, method='higher'):.3f} / {err.max():.3f}"
+            + (f" ({lost:.1f} % of the pixels without a ray)" if lost else ""))
+
+
 def _run(args):
     """One run in a worker process (one torch thread): (name, bundle, true camera, config, hard start?) ->
     (name, results, seconds)."""
@@ -69,7 +76,7 @@ def run() -> Report:
     guess = start.cameras[true.id]
     err = lens_angular_error_deg(true, guess.model, guess.params, n=TRAIN_SIZE)
     rot = camera_errors(start.cameras, {im.id: im.cam_from_world for im in start.images}, truth)
-    lines = [f"| the start | {np.median(err):.3f} / {np.percentile(err, 99):.3f} / {err.max():.3f} | "
+    lines = [f"| the start | {_angles(err)} | "
              f"{rot['rot_aligned_mean']:.3f} / {rot['rot_aligned_max']:.3f} | | |"]
     field = _training_config("field")
     runs = [("true lens and poses, not calibrated (reference)", dataclasses.replace(field, calibrate=()), False),
@@ -84,7 +91,7 @@ def run() -> Report:
                                                   for name, config, hard in runs]):
             report.rows.append(Row(f"{field.iterations} CPU steps (one thread) + scoring, {name}", seconds))
             a, r, ba = out["angles"], out["rotation"], out["tracks"]
-            lens = "-" if r is None else f"{np.median(a):.3f} / {np.percentile(a, 99):.3f} / {a.max():.3f}"
+            lens = "-" if r is None else _angles(a)
             lines.append(f"| {name} | {lens} | "
                          + ("-" if r is None else f"{r['rot_aligned_mean']:.3f} / {r['rot_aligned_max']:.3f}")
                          + f" | {out['test_psnr']:.2f} | "

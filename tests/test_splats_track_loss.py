@@ -237,3 +237,30 @@ def test_a_field_is_held_linear_beyond_the_tracks_reach(addon):
     err = lens_angular_error_deg(true, "LENS_FIELD", rig.camera_params(0))
     print(f"median {np.median(err):.4f} p99 {np.percentile(err, 99):.4f} deg")
     assert np.isfinite(err).all() and np.percentile(err, 99) < 0.5
+
+
+def test_a_field_started_20_percent_long_is_respanned_and_keeps_every_ray(addon):
+    """From an equidistant guess with its focal 20 % long (rays 17 % short: beyond what CALIBRATION_MARGIN's grid
+    leaves room for), the adjusted lens widens past its grid and the corner pixels lose their rays; the adjustment
+    refits the field over a grid spanning the widened lens (`CameraRig.respan_field`), reports it, and ends with a
+    ray at every pixel of the true lens, within the issue's accuracy."""
+    from bench.bench_lens import lens_angular_error_deg, wide_lens_tracks
+    from engine.lens_field import CALIBRATION_MARGIN, field_camera
+    from scenegen import lenses
+
+    lens = lenses.equidistant(96, 96, 180.0)
+    true = Camera(1, lens.model, lens.width, lens.height, list(lens.params))
+    poses, tracks = wide_lens_tracks(true, within_deg=75.0)
+    f = 1.2 * 48 / math.radians(90 / math.sqrt(2))
+    guess = Camera(1, "OPENCV_FISHEYE", 96, 96, [f, f, 48.0, 48.0, 0.0, 0.0, 0.0, 0.0])
+    start, field, _ = field_camera(guess, margin=CALIBRATION_MARGIN)
+    radius = field.radius
+    rig = CameraRig([start], [0] * len(poses), poses, dtype=torch.float64, fields={0: field})
+    report = bundle_adjust(rig, TrackLoss(tracks, range(len(poses)), dtype=torch.float64),
+                           ("focal", "pp", "distortion", "pose"), iterations=300)
+    assert report["fields_respanned"] == ["1"] and field.radius > 1.1 * radius
+    assert rig.fields["0"] is field  # refitted in place: optimisers holding its tensors keep working
+    err = lens_angular_error_deg(true, "LENS_FIELD", rig.camera_params(0))
+    print(f"median {np.median(err):.4f} p99 {np.percentile(err, 99):.4f} deg")
+    assert np.isfinite(err).all(), f"{int(np.isinf(err).sum())} of {len(err)} pixels without a ray"
+    assert np.median(err) < 0.05 and np.percentile(err, 99) < 0.2

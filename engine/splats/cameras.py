@@ -299,6 +299,29 @@ class CameraRig(torch.nn.Module):
         index = self.image_cameras[image]
         return self.cameras[index], self.camera_params(index)
 
+    def respan_field(self, index: int, margin: float) -> float:
+        """Refit the lens field of camera `index` (shared by its group) to the camera's current lens, over a grid
+        `margin` times wider than the rays its image has now (`LensField.fit`), in place: the same parameter
+        tensors, so optimisers keep them. The focal and principal-point deltas are folded into the new intrinsics.
+        For a lens that widened beyond its grid while calibrating. Returns the fit's RMS in pixels."""
+        from ..lens_field import LensField
+
+        group = self.group_of_camera[index]
+        field, cam = self.fields[str(group)], self.cameras[index]
+        with torch.no_grad():
+            params = self.camera_params(index).double().tolist()
+        current = Camera(cam.id, "LENS_FIELD", cam.width, cam.height, params)
+        fitted, rms = LensField.fit(current, field.grid, hidden=field.hidden, blocks=field.blocks, margin=margin)
+        with torch.no_grad():
+            field.load_state_dict(fitted.state_dict())  # copies into the existing tensors (dtype kept)
+            field.radius, field.intrinsics = fitted.radius, fitted.intrinsics
+            for i, g in enumerate(self.group_of_camera):
+                if g == group:
+                    self.base[i, :4] = torch.tensor(fitted.intrinsics, dtype=self.base.dtype)
+            self.log_focal[group] = 0.0
+            self.pp[group] = 0.0
+        return rms
+
     @torch.no_grad()
     def export_cameras(self) -> list[Camera]:
         """The current cameras as engine Cameras (float64 parameters)."""

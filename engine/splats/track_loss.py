@@ -190,11 +190,13 @@ def bundle_adjust(rig: CameraRig, tracks: TrackLoss, calibrate: Sequence[str], i
     before = tracks.rms(rig)
     saved = [p.requires_grad for p in every]
     dropped = 0
-    reach = {}
+    reach, respanned = {}, []
     try:
         if "distortion" in calibrate and len(rig.fields):
+            seen = _field_pixels_seen(rig)
             _variable_projection(rig, tracks, calibrate, iterations, move_centres)
             dropped = tracks.drop_outliers(rig, OUTLIER_SCALES * tracks.scale_px)
+            respanned = _respan_fields_losing_rays(rig, seen)
             reach = _hold_fields_to_tracks(rig, tracks)  # where the adjusted lens puts the outermost rays
             _variable_projection(rig, tracks, calibrate, iterations, move_centres)
         else:
@@ -210,7 +212,40 @@ def bundle_adjust(rig: CameraRig, tracks: TrackLoss, calibrate: Sequence[str], i
     tracks.to(dtype)
     return {"rms_before_px": before, "rms_after_px": after, "observations": tracks.observations,
             "tracks": len(tracks.xyz), "outliers_dropped": dropped,
-            **({"field_reach_deg": reach} if reach else {})}
+            **({"field_reach_deg": reach} if reach else {}), **({"fields_respanned": respanned} if respanned else {})}
+
+
+_RAY_SAMPLES = 33  # pixels per image axis checked for a ray (`_field_pixels_seen`)
+
+
+@torch.no_grad()
+def _field_pixels_seen(rig: CameraRig) -> dict[int, torch.Tensor]:
+    """Per LENS_FIELD camera index: which of a _RAY_SAMPLES^2 grid of its image's pixels have a ray."""
+    from ..projection import unproject_directions
+
+    seen = {}
+    for index, cam in enumerate(rig.cameras):
+        if cam.model == "LENS_FIELD":
+            u = torch.linspace(0.5, cam.width - 0.5, _RAY_SAMPLES, dtype=rig.base.dtype)
+            v = torch.linspace(0.5, cam.height - 0.5, _RAY_SAMPLES, dtype=rig.base.dtype)
+            pixels = torch.stack(torch.meshgrid(u, v, indexing="xy"), -1).reshape(-1, 2).to(rig.base.device)
+            seen[index] = unproject_directions(cam.model, rig.camera_params(index), pixels)[1]
+    return seen
+
+
+def _respan_fields_losing_rays(rig: CameraRig, before: dict[int, torch.Tensor]) -> list[str]:
+    """Refit (`CameraRig.respan_field`, CALIBRATION_MARGIN) the field of every camera whose adjusted lens lost rays
+    at pixels that had one at the start: the lens widened beyond its grid (a start focal more than ~7 % long; the
+    field reaches the rays beyond its grid by extrapolating its network). Returns those cameras' ids."""
+    from ..lens_field import CALIBRATION_MARGIN
+
+    after = _field_pixels_seen(rig)
+    out = []
+    for index, seen in before.items():
+        if bool((seen & ~after[index]).any()):
+            rig.respan_field(index, CALIBRATION_MARGIN)
+            out.append(str(rig.cameras[index].id))
+    return out
 
 
 @torch.no_grad()

@@ -825,6 +825,9 @@ def train(scene: Scene, config: TrainConfig, progress: Progress | None = None, c
         if ba:
             progress.log(f"bundle adjustment on {ba['tracks']} feature tracks: reprojection RMS "
                          f"{ba['rms_before_px']:.2f} -> {ba['rms_after_px']:.2f} px")
+            for camera in ba.get("fields_respanned", []):
+                progress.log(f"camera {camera}: the adjusted lens widened beyond its lens field's grid; the field was "
+                             f"refitted over a wider grid")
             for camera, reach in ba.get("field_reach_deg", {}).items():
                 progress.log(f"camera {camera}: the tracks reach {reach:.1f} deg off-axis; its lens field's radial "
                              f"profile continues linearly beyond")
