@@ -60,7 +60,8 @@ FIT_MARGIN = 1.05  # R = this x the largest |a| or |b| of the image's rays: the 
 # long (rays 5 % short), FIT_MARGIN left the true lens's outermost rays on the grid's border, where the adjusted
 # field lost or squeezed them (bench_lens's 180 deg room at 1536 px, tracks only: 0.8 % of the image without a
 # ray, p99 error 1.7 deg; with 1.12 none lost, p99 0.7 deg in the unobserved corners). 1.12 covers a start focal up
-# to 6.7 % long for 1.07x the cell size. A wider grid spends nodes on rays no image has: on the bench's synthetic
+# to 6.7 % long for 1.07x the cell size (a longer start: the track adjustment refits the field over a wider grid,
+# `CameraRig.respan_field`). A wider grid spends nodes on rays no image has: on the bench's synthetic
 # 190 deg lens, whose start is already 40 % too wide, 1.15 and 1.25 made the median error 10x and 4x worse (1.2
 # did not; the field's adjustment is sensitive to its start).
 CALIBRATION_MARGIN = 1.12
