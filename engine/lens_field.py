@@ -209,13 +209,17 @@ class LensField(nn.Module):
                     for layer in block.layers:
                         layer.weight.mul_(c ** (1 / 3))
 
-    def get_extra_state(self) -> dict:
-        """T travels with the weights in `state_dict` (training checkpoints): `hold_radial_beyond` may lower it."""
-        return {"radial_extent": self.radial_extent}
+    def geometry(self) -> dict:
+        """What `state_dict` does not hold and calibration may change (`hold_radial_beyond`,
+        `CameraRig.respan_field`): radius, radial extent and fitted intrinsics; for training checkpoints."""
+        return {"radius": self.radius, "radial_extent": self.radial_extent, "intrinsics": self.intrinsics}
 
-    def set_extra_state(self, state: dict) -> None:
-        self.radial_extent = float(state["radial_extent"])
-        self.radial.extent = self.radial_extent
+    def set_geometry(self, geometry: dict) -> None:
+        """Restore `geometry()` (the grid size and architecture must match)."""
+        self.radius = float(geometry["radius"])
+        self.radial_extent = self.radial.extent = float(geometry["radial_extent"])
+        intrinsics = geometry["intrinsics"]
+        self.intrinsics = None if intrinsics is None else tuple(float(v) for v in intrinsics)
 
     def displacements(self) -> torch.Tensor:
         """D at the control nodes, (grid, grid, 2), row-major over (row y, column x); zero at initialisation."""

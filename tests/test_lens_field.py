@@ -380,6 +380,7 @@ def test_the_radial_profile_held_beyond_an_extent_continues_linearly():
     assert torch.allclose(after[inside], before[inside], atol=1e-12)
     assert field.lipschitz_bound() <= LIPSCHITZ + 1e-12
     resumed = LensField(9, 1.5).double()  # a training checkpoint keeps the held extent with the weights
+    resumed.set_geometry(field.geometry())
     resumed.load_state_dict(field.state_dict())
     assert resumed.radial_extent == 0.1 and torch.allclose(resumed(points).detach(), after, atol=1e-14)
     with pytest.raises(CameraModelError, match="radial extent must be a positive number, got nan"):

@@ -44,3 +44,25 @@ def test_train_lens_auto_on_a_fisheye_scene_writes_the_learned_lens(addon, tmp_p
     assert good.sum() > 0.6 * len(pixels)
     angle = np.degrees(np.arccos(np.clip((rays[good] * expected.numpy()[good]).sum(1), -1, 1)))
     assert np.median(angle) < 0.4 and angle.max() < 1.0  # one pixel of this 48 px, 180 deg lens is 3.75 deg
+
+
+def test_a_checkpoint_keeps_the_lens_field_the_track_adjustment_changed(addon, tmp_path):
+    """The track adjustment may refit a field over a wider grid and hold its radial profile (radius, extent and
+    intrinsics outside the network's weights): a resumed run continues with exactly that lens."""
+    import bpy
+
+    from engine.splats.train import Trainer, TrainConfig
+    from scenegen.generate import generate_fisheye
+
+    bpy.ops.wm.read_homefile(use_empty=True)
+    scene = read_bundle(generate_fisheye(tmp_path / "fisheye", "equidistant", size=48, n_views=3, samples=2,
+                                         n_points=2000))
+    config = TrainConfig(iterations=4, lens="field", tracks="off", test_every=0, sh_degree=0)
+    trainer = Trainer(scene, config, tmp_path / "run.ckpt")
+    trainer.rig.respan_field(0, 1.3)
+    trainer.rig.fields["0"].hold_radial_beyond(0.5)
+    trainer.save_checkpoint()
+    resumed = Trainer(scene, config, tmp_path / "run.ckpt")
+    resumed.load_checkpoint()
+    assert resumed.rig.fields["0"].geometry() == trainer.rig.fields["0"].geometry()
+    assert torch.equal(resumed.rig.camera_params(0).detach(), trainer.rig.camera_params(0).detach())

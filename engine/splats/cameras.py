@@ -313,8 +313,8 @@ class CameraRig(torch.nn.Module):
         current = Camera(cam.id, "LENS_FIELD", cam.width, cam.height, params)
         fitted, rms = LensField.fit(current, field.grid, hidden=field.hidden, blocks=field.blocks, margin=margin)
         with torch.no_grad():
+            field.set_geometry(fitted.geometry())
             field.load_state_dict(fitted.state_dict())  # copies into the existing tensors (dtype kept)
-            field.radius, field.intrinsics = fitted.radius, fitted.intrinsics
             for i, g in enumerate(self.group_of_camera):
                 if g == group:
                     self.base[i, :4] = torch.tensor(fitted.intrinsics, dtype=self.base.dtype)

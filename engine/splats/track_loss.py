@@ -172,10 +172,11 @@ def bundle_adjust(rig: CameraRig, tracks: TrackLoss, calibrate: Sequence[str], i
     the observations more than OUTLIER_SCALES Cauchy scales off are dropped (`TrackLoss.drop_outliers`) and the
     adjustment runs again. Lens fields, whose networks have far too many parameters for a dense reduced camera
     system: L-BFGS on the cameras alone with the points re-triangulated at every evaluation
-    (`_variable_projection`); then the outliers are dropped in the same way, each field's radial profile is held
-    linear beyond the farthest ray its tracks observe through the adjusted lens (`_hold_fields_to_tracks`; the
-    report's `field_reach_deg`; measured through the starting lens instead, 5-40 % narrower, the hold cut into the
-    observed profile), and the adjustment runs again.
+    (`_variable_projection`); then the outliers are dropped in the same way, a field whose lens widened beyond its
+    grid is refitted over a wider one (`_respan_fields_losing_rays`; the report's `fields_respanned`), each field's
+    radial profile is held linear beyond the farthest ray its tracks observe through the adjusted lens
+    (`_hold_fields_to_tracks`; the report's `field_reach_deg`; measured through the starting lens instead, 5-40 %
+    narrower, the hold cut into the observed profile), and the adjustment runs again.
 
     Unless `move_centres`, poses turn about their camera centres only (the twist's translation part stays fixed):
     with free centres an orbit of cameras trades focal against distance and rotation against sideways motion,
@@ -212,7 +213,8 @@ def bundle_adjust(rig: CameraRig, tracks: TrackLoss, calibrate: Sequence[str], i
     tracks.to(dtype)
     return {"rms_before_px": before, "rms_after_px": after, "observations": tracks.observations,
             "tracks": len(tracks.xyz), "outliers_dropped": dropped,
-            **({"field_reach_deg": reach} if reach else {}), **({"fields_respanned": respanned} if respanned else {})}
+            **({"field_reach_deg": reach} if reach else {}),
+            **({"fields_respanned": respanned} if respanned else {})}
 
 
 _RAY_SAMPLES = 33  # pixels per image axis checked for a ray (`_field_pixels_seen`)
@@ -240,11 +242,13 @@ def _respan_fields_losing_rays(rig: CameraRig, before: dict[int, torch.Tensor]) 
     from ..lens_field import CALIBRATION_MARGIN
 
     after = _field_pixels_seen(rig)
-    out = []
+    out, done = [], set()
     for index, seen in before.items():
-        if bool((seen & ~after[index]).any()):
-            rig.respan_field(index, CALIBRATION_MARGIN)
-            out.append(str(rig.cameras[index].id))
+        group = rig.group_of_camera[index]
+        if group not in done and bool((seen & ~after[index]).any()):
+            rig.respan_field(index, CALIBRATION_MARGIN)  # the group's one field
+            done.add(group)
+            out += [str(cam.id) for cam, g in zip(rig.cameras, rig.group_of_camera) if g == group]
     return out
 
 

@@ -44,7 +44,7 @@ from .sh import C0, num_coefficients, sh_colors
 from .track_gaussians import TrackGaussians
 from .track_loss import TrackLoss, bundle_adjust, register_images
 
-CHECKPOINT_VERSION = 4  # 4: lens fields keep their radial extent (LensField.get_extra_state)
+CHECKPOINT_VERSION = 4  # 4: lens fields' geometry (LensField.geometry: the track adjustment may change it)
 TRACK_SCALE_PX = 1.0  # Cauchy scale of the track loss, in the photos' full-size pixels (SIFT: a few tenths of a px)
 TRACK_TRUST_PX = 2.0  # a track bundle adjustment ending within this RMS (full-size px) is trusted: see
 # TrainConfig.lr_intrinsics_after_tracks
@@ -719,6 +719,7 @@ class Trainer:
                 "params": {k: v.detach().cpu() for k, v in self.params.items()},
                 "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
                 "rig": {k: v.cpu() for k, v in self.rig.state_dict().items()},
+                "fields": {group: field.geometry() for group, field in self.rig.fields.items()},
                 "camera_optimizer": None if self.camera_optimizer is None else self.camera_optimizer.state_dict(),
                 "densifier": self.densifier.state_dict(), "order": list(self.order),
                 "tracks": None if self.tracks is None else {
@@ -759,6 +760,8 @@ class Trainer:
         self.optimizers = {k: torch.optim.Adam([p], lr=0.0, eps=1e-15) for k, p in self.params.items()}
         for k, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][k])
+        for group, geometry in state["fields"].items():  # radius and extent the track adjustment may have changed
+            self.rig.fields[group].set_geometry(geometry)
         self.rig.load_state_dict(state["rig"])
         if self.camera_optimizer is not None and state["camera_optimizer"] is not None:
             self.camera_optimizer.load_state_dict(state["camera_optimizer"])
