@@ -19,8 +19,8 @@ import time
 import numpy as np
 
 from . import Report, Row
-from .bench_lens import TRAIN_SIZE, _train_steps, _training_config, _training_lenses, _training_scenes
-from .bench_lens import lens_angular_error_deg
+from .bench_lens import (TRAIN_SIZE, _train_steps, _training_config, _training_lenses, _training_scenes,
+                         lens_angular_error_deg)
 
 FOCAL = 1.2  # the start's focal factor
 ROTATION_DEG = 2.0  # and its orientation error
