@@ -41,8 +41,7 @@ def generate(out_dir: str | Path, *, kind: str = "room", n_views: int = 8, width
     image also names `depth/<view>.npy`: float32 (H, W) camera z of the surface at each pixel (OpenCV axes,
     metres), 0 where there is none and where a fisheye's ray is 90 deg or more from the axis (camera z cannot
     place those points). `grain` > 0 adds fine texture of that strength to every surface (`materials.add_grain`).
-    The Blender scene keeps the built geometry and one camera object per view (named after
-    the view).
+    The Blender scene keeps the built geometry and one camera object per view (named after the view).
     """
     bundles, atomic = module("engine.bundle"), module("engine.atomic")
     scene = scene or bpy.context.scene

@@ -57,10 +57,11 @@ def surface_material(name: str, rng: np.random.Generator, pattern: str | None = 
 
 
 def add_grain(material: bpy.types.Material, strength: float, scale: float = GRAIN_SCALE) -> None:
-    """Multiply the colour of a `surface_material` by fine multi-octave value noise between 1 - `strength` and
-    1 + `strength` (`scale` features per metre, down to a few millimetres): the small-scale texture real surfaces
-    have and the two-colour patterns lack, so that features can be found on every surface, also at grazing angles
-    and close up. Object-space like the patterns, so it looks the same from every view."""
+    """Multiply the colour of a `surface_material` by fine multi-octave value noise between 1 - `strength` and 1 +
+    `strength` (`scale` features per metre in its coarsest octave, eight finer ones below it; what a pixel cannot
+    resolve averages out in the render's anti-aliasing): the small-scale texture real surfaces have and the
+    two-colour patterns lack, so that features can be found on every surface, also at grazing angles and close up.
+    Object-space like the patterns, so it looks the same from every view."""
     if not 0 < strength < 1:
         raise ValueError(f"grain strength must be between 0 and 1, got {strength!r}")
     nodes, links = material.node_tree.nodes, material.node_tree.links
